@@ -1,0 +1,13 @@
+"""A Jupyter kernel proxy whose ``%restart`` restarts the kernel behind it in place.
+
+Where things live:
+
+- ``kernel``: the kernel-facing proxy; ``%restart`` is handled there.
+- ``inner``: the inner kernel's lifecycle (start, ready, stop, death).
+- ``relay``: the messages between the client and the inner kernel.
+- ``app``: the kernel application that binds the client's sockets.
+- ``kernelspec``: reading and rewriting kernel.json files.
+- ``cli``: ``python -m inplace_restarter list|install|remove|wizard``.
+"""
+
+__version__ = "0.2.0"
