@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import pytest
+
+from .helpers import direct, proxied, running, write_spec
 
 
 @pytest.fixture(autouse=True)
@@ -24,3 +26,26 @@ def jupyter_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     monkeypatch.delenv("JUPYTER_CONFIG_PATH", raising=False)
     return dirs
+
+
+
+@pytest.fixture
+def kernels_dir(jupyter_dirs) -> Path:
+    """Where tests write kernelspecs: the private JUPYTER_PATH's kernels folder."""
+    path = jupyter_dirs["JUPYTER_PATH"] / "kernels"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def specs(kernels_dir) -> None:
+    """The ``direct`` ipykernel and the same kernel ``proxied``."""
+    write_spec(kernels_dir, "direct", direct())
+    write_spec(kernels_dir, "proxied", proxied())
+
+
+@pytest.fixture
+def proxy(specs):
+    """A running proxied kernel: ``(KernelManager, BlockingKernelClient)``."""
+    with running("proxied") as pair:
+        yield pair

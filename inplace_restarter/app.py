@@ -1,0 +1,79 @@
+"""The kernel application: binds the client's sockets as ipykernel does, then proxies."""
+
+from __future__ import annotations
+
+import sys
+
+from ipykernel.kernelapp import IPKernelApp, kernel_aliases
+from jupyter_client.kernelspec import KernelSpec
+from traitlets import List, Type, Unicode
+
+from . import kernelspec
+from .kernel import ProxyKernel
+
+
+class ProxyKernelApp(IPKernelApp):
+    """``python -m inplace_restarter -f CONNECTION_FILE --resource-dir=SPEC_DIR``."""
+
+    name = "inplace-restarter"
+    description = "A kernel that relays to the kernel of SPEC_DIR/kernel.json and restarts it in place."
+
+    kernel_class = Type(ProxyKernel, klass=ProxyKernel)
+    # The proxy's own stdout and stderr are its log, not cell output.
+    outstream_class = Unicode(None, allow_none=True)
+
+    resource_dir = Unicode(
+        "", config=True, help="Folder of the kernel.json whose saved original argv starts the inner kernel."
+    )
+    inner_argv = List(
+        Unicode(),
+        config=True,
+        help="The inner kernel's argv, overriding the kernel.json's (also given after '--').",
+    )
+
+    aliases = {**kernel_aliases, "resource-dir": "ProxyKernelApp.resource_dir"}
+
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.extra_args:
+            self.inner_argv = self.extra_args
+        self.kernel.inner_spec = self.inner_spec()
+
+    def init_control(self, context) -> None:
+        super().init_control(context)
+        # Kernel subshells are not forwarded: without the shell channel thread
+        # the proxy neither advertises nor half-supports them.
+        self.shell_channel_thread = None
+
+    def inner_spec(self) -> KernelSpec:
+        """The spec of the inner kernel: the kernel.json as it was before install."""
+        spec: dict = {}
+        if self.resource_dir:
+            try:
+                spec = kernelspec.read_kernel_json(self.resource_dir)
+            except kernelspec.SpecError as e:
+                self.log.critical("%s", e)
+                self.exit(1)
+        argv = list(self.inner_argv) or kernelspec.original_argv(spec)
+        if not argv:
+            self.log.critical(
+                "No inner kernel to start: %s has no saved original argv; run "
+                "'python -m inplace_restarter install NAME' on the spec, or give the argv after '--'",
+                self.resource_dir or "no --resource-dir was given, so there",
+            )
+            self.exit(2)
+        metadata = dict(spec.get("metadata") or {})
+        metadata.pop(kernelspec.METADATA_KEY, None)
+        return KernelSpec(
+            argv=argv,
+            display_name=spec.get("display_name", ""),
+            language=spec.get("language", ""),
+            interrupt_mode=spec.get("interrupt_mode", "signal"),
+            env=spec.get("env") or {},
+            metadata=metadata,
+            resource_dir=self.resource_dir,
+        )
+
+
+def launch(argv: list[str] | None = None) -> None:
+    ProxyKernelApp.launch_instance(argv if argv is not None else sys.argv[1:])

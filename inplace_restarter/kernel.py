@@ -1,0 +1,375 @@
+"""The kernel the client talks to: a wrapper kernel that forwards to the inner kernel.
+
+ipykernel's ``Kernel`` base does what any kernel does for the client (busy and
+idle, aborting after errors, replies, kernel_info, the control thread); every
+``do_*`` forwards the client's own request to the inner kernel.  The one
+thing the proxy answers itself is ``%restart``, handled in :meth:`do_execute`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import shlex
+import shutil
+import signal
+import tempfile
+import time
+import typing as t
+from contextvars import ContextVar
+from pathlib import Path
+
+from ipykernel.kernelbase import Kernel
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_core.paths import jupyter_runtime_dir
+from traitlets import Instance
+from zmq.eventloop.zmqstream import ZMQStream
+
+from . import __version__
+from .inner import InnerKernel
+from .relay import InnerKernelDied
+
+RESTART_HELP = """\
+%restart [--help]
+
+Restart the kernel behind this notebook in place: the kernel process is shut
+down and started again with the same command, environment and working
+directory, while the notebook stays connected to the same kernel (and a batch
+job keeps its allocation).  All variables are lost, as with a normal restart.
+Lines after %restart in the same cell run in the new kernel.
+"""
+
+#: kernel_info supported_features that work through the proxy.
+FORWARDED_FEATURES = ("debugger",)
+
+
+def parse_restart(code: str) -> tuple[list[str], str] | None:
+    """Split a ``%restart`` cell into its options and the code after it.
+
+    Returns None when the first non-blank line is not ``%restart``.
+    """
+    lines = code.splitlines(keepends=True)
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        words = line.strip()
+        if words == "%restart?":
+            return ["--help"], "".join(lines[index + 1 :])
+        if words != "%restart" and not words.startswith(("%restart ", "%restart\t")):
+            return None
+        return shlex.split(words[len("%restart") :]), "".join(lines[index + 1 :])
+    return None
+
+
+class ProxyKernel(Kernel):
+    """Stands in for the inner kernel; see the module docstring."""
+
+    implementation = "inplace_restarter"
+    implementation_version = __version__
+    banner = "inplace_restarter"
+    language_info: dict = {}
+
+    msg_types = [*Kernel.msg_types, "comm_open", "comm_msg", "comm_close"]
+
+    inner_spec = Instance(KernelSpec, help="The spec of the kernel behind the proxy.")
+
+    def __init__(self, **kwargs: t.Any):
+        super().__init__(**kwargs)
+        self.inner: InnerKernel | None = None
+        self._ready = asyncio.Event()
+        self._reply_metadata: ContextVar[dict] = ContextVar("reply_metadata", default={})
+        self._forwarding_execute = False
+        self._stopping = False
+        self._runtime_dir = Path(tempfile.mkdtemp(prefix="inplace-restarter-", dir=_runtime_dir()))
+        atexit.register(self._cleanup)
+
+    # -- startup and shutdown ---------------------------------------------------
+
+    def start(self) -> None:
+        super().start()
+        self._loop = self.io_loop.asyncio_loop
+        self._loop.add_signal_handler(signal.SIGINT, lambda: self._loop.create_task(self._interrupt()))
+        self._loop.add_signal_handler(signal.SIGTERM, self._terminate)
+        self._stdin_stream = ZMQStream(self.stdin_socket)
+        self._stdin_stream.on_recv(self._on_stdin, copy=False)
+        self.io_loop.add_callback(self._start_inner)
+
+    async def _start_inner(self) -> None:
+        inner = InnerKernel(self.inner_spec, self._runtime_dir, self, parent=self, log=self.log)
+        try:
+            await inner.start()
+        except Exception as e:
+            self.log.critical("The inner kernel did not start: %s", e)
+            inner.kill()
+            inner.close()
+            self.io_loop.stop()
+            return
+        self._use(inner)
+
+    def _use(self, inner: InnerKernel) -> None:
+        self.inner = inner
+        self.language_info = inner.kernel_info.get("language_info", {})
+        self._ready.set()
+        self.log.info("Inner kernel %s is ready", inner.pid)
+
+    def _terminate(self) -> None:
+        """SIGTERM: take the inner kernel down with us, at once."""
+        self.log.info("Terminated; killing the inner kernel")
+        self._cleanup()
+        self.io_loop.stop()
+
+    def _cleanup(self) -> None:
+        """Last resort at exit: nothing the proxy started may outlive it."""
+        self._stopping = True
+        if self.inner is not None:
+            self.inner.kill()
+        shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    async def do_shutdown(self, restart: bool) -> dict:
+        await self._on_main(self._shutdown_inner())
+        return {"status": "ok", "restart": restart}
+
+    async def _shutdown_inner(self) -> None:
+        self._stopping = True
+        if self.inner is not None:
+            await self.inner.shutdown()
+        shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    # -- forwarding ---------------------------------------------------------
+
+    async def _on_main(self, coro: t.Awaitable) -> t.Any:
+        """Run ``coro`` on the main loop, where the inner kernel's sockets live.
+
+        Control requests arrive on ipykernel's control thread.
+        """
+        if asyncio.get_running_loop() is self._loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    async def _forward(self, channel: str = "shell", **options: t.Any) -> dict:
+        """Forward the current request of ``channel`` and return the reply content."""
+        parent = self.get_parent(channel)
+        ident = self._parent_ident[channel]
+        reply = await self._on_main(self._request(parent, ident, channel, **options))
+        self._reply_metadata.set(reply["metadata"])
+        return reply["content"]
+
+    async def _request(self, parent: dict, ident: list, channel: str, **options: t.Any) -> dict:
+        await self._ready.wait()
+        if self.inner is None or self.inner.relay is None:
+            return self._error_reply(
+                parent, "DeadKernelError", "The kernel is not running; run %restart to start it"
+            )
+        try:
+            return await self.inner.relay.request(parent, ident, channel, **options)
+        except InnerKernelDied as died:
+            return self._error_reply(parent, "DeadKernelError", str(died))
+
+    def _error_reply(self, parent: dict, ename: str, evalue: str) -> dict:
+        """A reply (and, for execute, the iopub error) for a failure of the proxy's own."""
+        content = {"status": "error", "ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
+        if parent["header"]["msg_type"] == "execute_request":
+            self.session.send(self.iopub_socket, "error", content, parent, ident=self._topic("error"))
+            content["execution_count"] = self.execution_count
+        reply_type = parent["header"]["msg_type"].replace("_request", "_reply")
+        return {"header": {"msg_type": reply_type}, "content": content, "metadata": {}}
+
+    # -- requests -------------------------------------------------------------
+
+    def _publish_execute_input(self, code: str, parent: dict, execution_count: int) -> None:
+        """The inner kernel publishes its own, with its own execution count."""
+
+    def init_metadata(self, parent: dict) -> dict:
+        return {}
+
+    def finish_metadata(self, parent: dict, metadata: dict, reply_content: dict) -> dict:
+        return self._reply_metadata.get()
+
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict | None = None,
+        allow_stdin: bool = False,
+    ) -> dict:
+        restart = parse_restart(code)
+        if restart is not None:
+            return await self._restart_cell(code, silent, *restart)
+        self._forwarding_execute = True
+        try:
+            reply = await self._forward()
+        finally:
+            self._forwarding_execute = False
+        self.execution_count = reply.get("execution_count", self.execution_count)
+        return reply
+
+    async def do_complete(self, code: str, cursor_pos: int) -> dict:
+        return await self._forward()
+
+    async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections=()) -> dict:
+        return await self._forward()
+
+    async def do_is_complete(self, code: str) -> dict:
+        return await self._forward()
+
+    async def do_history(self, *args: t.Any, **kwargs: t.Any) -> dict:
+        return await self._forward()
+
+    async def do_debug_request(self, msg: dict) -> dict:
+        return await self._forward("control")
+
+    async def comm_info_request(self, stream, ident, parent) -> None:
+        await self._relay_reply(stream, ident, parent, "shell")
+
+    async def usage_request(self, stream, ident, parent) -> None:
+        await self._relay_reply(stream, ident, parent, "control")
+
+    async def _relay_reply(self, stream, ident, parent, channel: str) -> None:
+        """Forward a request that has no ``do_*`` hook and send back the reply as it is."""
+        reply = await self._on_main(self._request(parent, ident, channel))
+        self.session.send(
+            stream, reply["header"]["msg_type"], reply["content"], parent, ident, metadata=reply["metadata"]
+        )
+
+    async def comm_open(self, stream, ident, parent) -> None:
+        """Comm messages have no reply; wait only for the inner kernel's idle.
+
+        While a cell runs, the inner kernel handles comm messages concurrently
+        without busy/idle, as the proxy's base class does.
+        """
+        await self._ready.wait()
+        relay = self.inner.relay
+        relay.track_client_comm(parent)
+        pending = relay.send(parent, ident)
+        if not self._forwarding_execute:
+            try:
+                await relay._until(pending.idle)
+            except InnerKernelDied:
+                pass
+        relay.pending.pop(parent["header"]["msg_id"], None)
+
+    comm_msg = comm_close = comm_open
+
+    async def kernel_info_request(self, stream, ident, parent) -> None:
+        await self._on_main(self._ready.wait())
+        await super().kernel_info_request(stream, ident, parent)
+
+    @property
+    def kernel_info(self) -> dict:
+        """The inner kernel's own, so a proxied R kernel looks like R."""
+        info = {k: v for k, v in self.inner.kernel_info.items() if k != "status"}
+        features = info.get("supported_features")
+        if features is not None:
+            info["supported_features"] = [f for f in features if f in FORWARDED_FEATURES]
+        return info
+
+    async def interrupt_request(self, stream, ident, parent) -> None:
+        await self._interrupt()
+        self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
+
+    async def _interrupt(self) -> None:
+        """Interrupt the inner kernel, by its own interrupt mode."""
+        await self._on_main(self._interrupt_inner())
+
+    async def _interrupt_inner(self) -> None:
+        if self.inner is not None:
+            await self.inner.interrupt()
+
+    def pre_handler_hook(self) -> None:
+        """SIGINT is the inner kernel's business: the proxy's handler forwards it."""
+
+    def post_handler_hook(self) -> None:
+        pass
+
+    def _on_stdin(self, frames: list) -> None:
+        """The client's input_reply, for the inner kernel's pending input_request."""
+        try:
+            _, frames = self.session.feed_identities(frames, copy=False)
+            msg = self.session.deserialize(frames, content=True, copy=False)
+        except Exception:
+            self.log.warning("Dropped a malformed message on stdin", exc_info=True)
+            return
+        if self.inner is not None and self.inner.relay is not None:
+            self.inner.relay.input_reply(msg)
+
+    # -- %restart -------------------------------------------------------------
+
+    async def _restart_cell(self, code: str, silent: bool, options: list[str], rest: str) -> dict:
+        parent = self.get_parent("shell")
+        count = self.execution_count
+        if not silent:
+            Kernel._publish_execute_input(self, code, parent, count)
+        if options in (["--help"], ["-h"]):
+            self._print(RESTART_HELP, parent)
+            return self._ok(count)
+        if options:
+            return self._error_reply(
+                parent, "UsageError", f"%restart takes no option {' '.join(options)!r}; see %restart --help"
+            )["content"]
+        started = time.monotonic()
+        try:
+            await self.restart_in_place()
+        except Exception as e:
+            return self._error_reply(parent, "RestartError", f"The kernel did not restart: {e}")["content"]
+        self._print(f"Restarted the kernel in place in {time.monotonic() - started:.1f} s\n", parent)
+        if rest.strip():
+            return await self.do_execute_rest(parent, rest)
+        return self._ok(count)
+
+    async def do_execute_rest(self, parent: dict, rest: str) -> dict:
+        """Run the lines after ``%restart`` in the new kernel, as part of the same cell."""
+        reply = await self._forward(content={**parent["content"], "code": rest}, skip_execute_input=True)
+        self.execution_count = reply.get("execution_count", self.execution_count)
+        return reply
+
+    async def restart_in_place(self) -> None:
+        """Replace the inner kernel with a new one; the client stays connected.
+
+        The old kernel shuts down while the new one starts.  The client is
+        told what a restart means for it: the old kernel's comms are closed,
+        and the kernel reports ``starting`` (never ``restarting``, which
+        JupyterLab takes for a dead kernel restarted by the server).
+        """
+        old, self.inner = self.inner, None
+        self._ready.clear()
+        if old is not None and old.relay is not None:
+            self._close_comms(old.relay.comms)
+        new = InnerKernel(self.inner_spec, self._runtime_dir, self, parent=self, log=self.log)
+        results = await asyncio.gather(
+            old.shutdown() if old is not None else asyncio.sleep(0),
+            new.start(),
+            return_exceptions=True,
+        )
+        if isinstance(results[1], BaseException):
+            new.kill()
+            new.close()
+            self._ready.set()
+            raise results[1]
+        self.execution_count = 0
+        self._use(new)
+        self.session.send(
+            self.iopub_socket, "status", {"execution_state": "starting"}, parent={}, ident=self._topic("status")
+        )
+
+    def _close_comms(self, comms: dict[str, str]) -> None:
+        parent = self.get_parent("shell")
+        for comm_id in list(comms):
+            self.session.send(
+                self.iopub_socket, "comm_close", {"comm_id": comm_id, "data": {}}, parent, ident=self._topic("comm_close")
+            )
+        comms.clear()
+
+    def _print(self, text: str, parent: dict) -> None:
+        self.session.send(
+            self.iopub_socket, "stream", {"name": "stdout", "text": text}, parent, ident=b"stream.stdout"
+        )
+
+    def _ok(self, execution_count: int) -> dict:
+        return {"status": "ok", "execution_count": execution_count, "payload": [], "user_expressions": {}}
+
+
+def _runtime_dir() -> str:
+    path = Path(jupyter_runtime_dir())
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)

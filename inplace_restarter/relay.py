@@ -1,0 +1,269 @@
+"""The messages between the client and one inner kernel.
+
+Requests are forwarded with the client's own header, so the inner kernel's
+replies and iopub output already carry the client's request as parent: the
+relay only re-signs them with the client's key.  Content is never decoded on
+the way out, except for the few messages whose meaning the proxy needs
+(status, and comm_open/comm_close to know which comms to close on restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import typing as t
+from dataclasses import dataclass, field
+
+from jupyter_client.session import Session
+
+if t.TYPE_CHECKING:
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    from .kernel import ProxyKernel
+
+#: iopub messages that belong to the inner kernel's own life, not to a request.
+NOT_RELAYED = frozenset({"status", "iopub_welcome", "shutdown_reply"})
+
+
+class InnerKernelDied(Exception):
+    """The inner kernel exited while a request was pending."""
+
+    def __init__(self, returncode: int | None):
+        self.returncode = returncode
+        super().__init__(describe_exit(returncode))
+
+
+def describe_exit(returncode: int | None) -> str:
+    import signal
+
+    if returncode is None:
+        return "The kernel died"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"The kernel died of {name}"
+    return f"The kernel exited with code {returncode}"
+
+
+@dataclass
+class Pending:
+    """A forwarded request, until its reply and its idle status are back."""
+
+    parent: dict
+    ident: list
+    reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    idle: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    skip_execute_input: bool = False
+
+
+class Relay:
+    """Forwards requests to one inner kernel and relays what it sends back."""
+
+    def __init__(
+        self,
+        client: AsyncKernelClient,
+        proxy: ProxyKernel,
+        exited: asyncio.Future,
+        log: logging.Logger,
+    ):
+        self.client = client
+        self.session: Session = client.session
+        self.proxy = proxy
+        self.exited = exited
+        self.log = log
+        self.pending: dict[str, Pending] = {}
+        #: comm_id -> target_name of the comms open in this inner kernel
+        self.comms: dict[str, str] = {}
+        self._input_request: dict | None = None
+        self._tasks = [
+            asyncio.ensure_future(self._pump_iopub()),
+            asyncio.ensure_future(self._pump_replies(client.shell_channel.socket)),
+            asyncio.ensure_future(self._pump_replies(client.control_channel.socket)),
+            asyncio.ensure_future(self._pump_stdin()),
+        ]
+
+    # -- requests -------------------------------------------------------------
+
+    def send(
+        self,
+        parent: dict,
+        ident: list,
+        channel: str = "shell",
+        content: dict | None = None,
+        skip_execute_input: bool = False,
+    ) -> Pending:
+        """Forward the client's request ``parent`` to the inner kernel as it is.
+
+        ``content`` replaces the request's content (``%restart`` forwards the
+        rest of its cell); ``skip_execute_input`` drops the inner kernel's
+        echo of it, when the proxy has already published one.
+        """
+        header = parent["header"]
+        pending = Pending(parent, ident, skip_execute_input=skip_execute_input)
+        self.pending[header["msg_id"]] = pending
+        socket = getattr(self.client, f"{channel}_channel").socket
+        self.session.send(
+            socket,
+            header["msg_type"],
+            content=parent["content"] if content is None else content,
+            parent=parent.get("parent_header") or {},
+            header=header,
+            metadata=parent.get("metadata") or {},
+            buffers=parent.get("buffers") or None,
+        )
+        if self.proxy.log.isEnabledFor(logging.DEBUG):
+            self.log.debug("-> inner %s %s", channel, header["msg_type"])
+        return pending
+
+    async def request(
+        self,
+        parent: dict,
+        ident: list,
+        channel: str = "shell",
+        wait_idle: bool = True,
+        **options: t.Any,
+    ) -> dict:
+        """Forward a request and return the inner kernel's reply message.
+
+        Returns once the reply is in and, with ``wait_idle``, all the output
+        the request caused has been relayed, so the proxy's own idle status
+        comes last, as a kernel's does.
+        """
+        pending = self.send(parent, ident, channel, **options)
+        msg_id = parent["header"]["msg_id"]
+        try:
+            await self._until(pending.reply)
+            if wait_idle:
+                await self._until(pending.idle)
+        finally:
+            self.pending.pop(msg_id, None)
+        return pending.reply.result()
+
+    async def _until(self, future: asyncio.Future) -> None:
+        """Wait for ``future`` unless the inner kernel dies first."""
+        await asyncio.wait([future, self.exited], return_when=asyncio.FIRST_COMPLETED)
+        if not future.done():
+            raise InnerKernelDied(self.exited.result())
+
+    async def wait_ready(self, timeout: float) -> dict:
+        """Ask kernel_info until both the reply and its iopub status come back.
+
+        The idle status proves that iopub is subscribed, so no output of the
+        first real request can be lost to zmq's slow-joiner window.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            msg = self.session.msg("kernel_info_request", {})
+            pending = self.send(msg, [])
+            try:
+                await asyncio.wait_for(self._until(pending.reply), max(0.1, min(2.0, deadline - loop.time())))
+                await asyncio.wait_for(self._until(pending.idle), 0.5)
+                return pending.reply.result()["content"]
+            except asyncio.TimeoutError:
+                if loop.time() > deadline:
+                    raise TimeoutError(f"the kernel did not answer kernel_info within {timeout:g} s") from None
+            finally:
+                self.pending.pop(msg["header"]["msg_id"], None)
+
+    # -- what the inner kernel sends ------------------------------------------
+
+    async def _pump_replies(self, socket) -> None:
+        while True:
+            frames = await socket.recv_multipart(copy=False)
+            try:
+                _, frames = self.session.feed_identities(frames, copy=False)
+                msg = self.session.deserialize(frames, content=True, copy=False)
+            except Exception:
+                self.log.warning("Dropped a malformed reply from the inner kernel", exc_info=True)
+                continue
+            pending = self.pending.get(msg["parent_header"].get("msg_id"))
+            if pending is not None and not pending.reply.done():
+                pending.reply.set_result(msg)
+
+    async def _pump_iopub(self) -> None:
+        socket = self.client.iopub_channel.socket
+        proxy = self.proxy
+        while True:
+            frames = await socket.recv_multipart(copy=False)
+            try:
+                topic, frames = self.session.feed_identities(frames, copy=False)
+                msg = self.session.deserialize(frames, content=False, copy=False)
+            except Exception:
+                self.log.warning("Dropped a malformed iopub message from the inner kernel", exc_info=True)
+                continue
+            msg_type = msg["header"]["msg_type"]
+            parent = msg["parent_header"]
+            pending = self.pending.get(parent.get("msg_id"))
+            if msg_type in NOT_RELAYED:
+                if msg_type == "status" and pending is not None and not pending.idle.done():
+                    if self.session.unpack(msg["content"]).get("execution_state") == "idle":
+                        pending.idle.set_result(None)
+                continue
+            if pending is not None and pending.skip_execute_input and msg_type == "execute_input":
+                continue
+            if msg_type in ("comm_open", "comm_close"):
+                self._track_comm(msg_type, self.session.unpack(msg["content"]))
+            if proxy.log.isEnabledFor(logging.DEBUG):
+                self.log.debug("<- inner iopub %s", msg_type)
+            proxy.session.send(
+                proxy.iopub_socket,
+                msg_type,
+                content=bytes(msg["content"]),
+                parent=parent,
+                ident=topic,
+                buffers=msg["buffers"] or None,
+                metadata=msg["metadata"],
+            )
+
+    async def _pump_stdin(self) -> None:
+        socket = self.client.stdin_channel.socket
+        while True:
+            frames = await socket.recv_multipart(copy=False)
+            try:
+                _, frames = self.session.feed_identities(frames, copy=False)
+                msg = self.session.deserialize(frames, content=True, copy=False)
+            except Exception:
+                self.log.warning("Dropped a malformed stdin message from the inner kernel", exc_info=True)
+                continue
+            pending = self.pending.get(msg["parent_header"].get("msg_id"))
+            if msg["header"]["msg_type"] != "input_request" or pending is None:
+                self.log.warning("Dropped an unexpected %s on stdin", msg["header"]["msg_type"])
+                continue
+            self._input_request = msg
+            self.proxy.session.send(
+                self.proxy.stdin_socket, "input_request", msg["content"], parent=pending.parent, ident=pending.ident
+            )
+
+    def input_reply(self, msg: dict) -> None:
+        """Pass the client's input_reply to the inner kernel's pending input_request."""
+        request, self._input_request = self._input_request, None
+        if request is None:
+            self.log.warning("Dropped an input_reply nobody asked for")
+            return
+        self.session.send(
+            self.client.stdin_channel.socket, "input_reply", msg["content"], parent=request["header"]
+        )
+
+    def _track_comm(self, msg_type: str, content: dict) -> None:
+        if msg_type == "comm_open":
+            self.comms[content["comm_id"]] = content.get("target_name", "")
+        else:
+            self.comms.pop(content.get("comm_id"), None)
+
+    def track_client_comm(self, msg: dict) -> None:
+        """Note comms the client opens or closes, so restart can close them."""
+        msg_type = msg["header"]["msg_type"]
+        if msg_type in ("comm_open", "comm_close"):
+            self._track_comm(msg_type, msg["content"])
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for pending in self.pending.values():
+            for future in (pending.reply, pending.idle):
+                if not future.done():
+                    future.cancel()
+        self.client.stop_channels()

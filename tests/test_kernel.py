@@ -1,0 +1,104 @@
+"""The proxy kernel as a client sees it, and what ``%restart`` does."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from inplace_restarter.kernel import parse_restart
+
+from .helpers import execute, inner_pid, running, stdout_of
+
+
+@pytest.mark.parametrize(
+    "code, expected",
+    [
+        ("%restart", ([], "")),
+        ("\n  \n%restart\nx = 1\n", ([], "x = 1\n")),
+        ("%restart --help", (["--help"], "")),
+        ("%restart?", (["--help"], "")),
+        ("x = 1\n%restart", None),
+        ("%restarting = 1", None),
+        ("print('%restart')", None),
+        ("", None),
+    ],
+)
+def test_a_restart_cell_is_one_whose_first_non_blank_line_is_restart(code, expected):
+    assert parse_restart(code) == expected
+
+
+def test_kernel_info_is_the_inner_kernels(specs):
+    with running("direct") as (_, direct_kc), running("proxied") as (_, proxy_kc):
+        direct = direct_kc.kernel_info(reply=True, timeout=10)["content"]
+        proxied = proxy_kc.kernel_info(reply=True, timeout=10)["content"]
+    for key in ("language_info", "banner", "help_links", "protocol_version", "implementation"):
+        assert proxied[key] == direct[key]
+    assert "kernel subshells" not in proxied["supported_features"]
+
+
+def test_restart_gives_a_fresh_kernel_behind_the_same_client(proxy):
+    km, kc = proxy
+    execute(kc, "x = 42")
+    before = inner_pid(km)
+
+    reply, outputs = execute(kc, "%restart")
+
+    assert reply["content"]["status"] == "ok"
+    assert "Restarted the kernel in place in" in stdout_of(outputs)
+    assert inner_pid(km) != before
+    assert km.is_alive()
+    reply, outputs = execute(kc, "x")
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "NameError"
+    assert reply["content"]["execution_count"] == 1, "execution counts start again at 1"
+
+
+def test_the_restart_cell_sends_one_busy_one_idle_and_a_starting_status(proxy):
+    _, kc = proxy
+    _, outputs = execute(kc, "%restart")
+    states = [m["content"]["execution_state"] for m in outputs if m["msg_type"] == "status"]
+    assert states == ["busy", "idle"]
+    assert [m["msg_type"] for m in outputs if m["msg_type"] != "status"] == ["execute_input", "stream"]
+
+
+def test_code_after_restart_runs_in_the_new_kernel(proxy):
+    km, kc = proxy
+    execute(kc, "x = 1")
+    reply, outputs = execute(kc, "%restart\nimport os\nprint(os.getpid(), 'x' in globals())")
+    assert reply["content"]["status"] == "ok"
+    lines = stdout_of(outputs).splitlines()
+    assert lines[0].startswith("Restarted the kernel in place")
+    assert lines[1] == f"{inner_pid(km)} False"
+
+
+def test_restart_help_explains_and_restarts_nothing(proxy):
+    km, kc = proxy
+    before = inner_pid(km)
+    for code in ("%restart --help", "%restart?"):
+        reply, outputs = execute(kc, code)
+        assert reply["content"]["status"] == "ok"
+        assert "Restart the kernel behind this notebook in place" in stdout_of(outputs)
+    assert inner_pid(km) == before
+
+
+def test_restart_with_an_unknown_option_is_an_error(proxy):
+    _, kc = proxy
+    reply, outputs = execute(kc, "%restart --sideways")
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "UsageError"
+    assert any(m["msg_type"] == "error" for m in outputs)
+
+
+@pytest.mark.timeout(300)
+def test_twenty_restarts_leave_no_extra_processes_or_open_files(proxy):
+    km, kc = proxy
+    proxy_process = psutil.Process(km.provisioner.pid)
+    execute(kc, "%restart")
+    files, children = proxy_process.num_fds(), len(proxy_process.children(recursive=True))
+    for _ in range(20):
+        reply, _ = execute(kc, "%restart")
+        assert reply["content"]["status"] == "ok"
+    assert len(proxy_process.children(recursive=True)) == children == 1
+    assert proxy_process.num_fds() <= files
+    reply, outputs = execute(kc, "print('still here')")
+    assert stdout_of(outputs) == "still here\n"
