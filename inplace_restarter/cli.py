@@ -70,6 +70,19 @@ def user_kernels_dir() -> Path:
     return Path(jupyter_data_dir()) / "kernels"
 
 
+def user_copy_wins(resource_dir: Path) -> bool:
+    """Whether a copy in the user's kernels folder would be found before ``resource_dir``.
+
+    JUPYTER_PATH (and JUPYTER_PREFER_ENV_PATH) put folders before the user's,
+    where a copy would change nothing.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    dirs = [Path(d).resolve() for d in KernelSpecManager().kernel_dirs]
+    user, own = user_kernels_dir().resolve(), resource_dir.parent.resolve()
+    return own not in dirs or (user in dirs and dirs.index(user) < dirs.index(own))
+
+
 def plan_install(entry, user: bool = False) -> Change:
     """What installing on ``entry`` writes; SpecError says why it cannot."""
     from .kernelspec import INSTALLED, UNKNOWN, SpecError, choose_python, original_argv, writable, wrapped
@@ -89,6 +102,8 @@ def plan_install(entry, user: bool = False) -> Change:
         target, copy_from = user_kernels_dir() / entry.name, entry.resource_dir
         if target.exists():
             raise SpecError(f"{entry.name!r}: {target} already exists, so the spec cannot be copied there")
+        if not user_copy_wins(entry.resource_dir):
+            raise SpecError(f"{entry.name!r}: a copy in {target.parent} would be hidden by {entry.resource_dir}, which Jupyter searches first")
     elif not writable(target):
         raise SpecError(
             f"{entry.name!r} is in {target}, which you cannot write (a system-wide spec?); "

@@ -133,10 +133,9 @@ def survey() -> list[Entry]:
 
 
 def wrapped(spec: dict, python: str) -> dict:
-    """A copy of ``spec`` started through the proxy; a 0.1.0 spec is migrated."""
-    new = copy.deepcopy(spec)
-    inner = new.pop(LEGACY_ARGV_KEY, None) or new["argv"]
-    saved: dict = {"original_argv": list(inner)}
+    """A copy of ``spec`` started through the proxy; a 0.1.0 spec is migrated, none is wrapped twice."""
+    new = unwrapped(spec) if original_argv(spec) else copy.deepcopy(spec)
+    saved: dict = {"original_argv": list(new["argv"])}
     if "metadata" not in new:
         new["metadata"] = {}
         saved[ADDED_METADATA] = True

@@ -1,0 +1,87 @@
+"""Real kernelspec folders and CLI runs for the kernelspec-management tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PYTHON_SPEC = {
+    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "display_name": "Python (test)",
+    "language": "python",
+    "env": {"TEST_VAR": "1"},
+    "metadata": {"debugger": True},
+    "interrupt_mode": "message",
+    "extra_field": ["kept", 1],
+}
+IRKERNEL_SPEC = {
+    "argv": ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
+    "display_name": "R",
+    "language": "R",
+}
+IJULIA_SPEC = {
+    "argv": ["/opt/julia/bin/julia", "-i", "--color=yes", "/opt/IJulia/src/kernel.jl", "{connection_file}"],
+    "display_name": "Julia 1.10",
+    "language": "julia",
+    "env": {},
+    "interrupt_mode": "signal",
+}
+#: As inplace_restarter 0.1.0 left a spec after installing on it.
+LEGACY_SPEC = {
+    "argv": [sys.executable, "-m", "inplace_restarter", "-f", "{connection_file}", "--Proxy.rd={resource_dir}"],
+    "display_name": "Python (0.1.0)",
+    "language": "python",
+    "restarter_original_argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+}
+NO_CONNECTION_FILE_SPEC = {"argv": ["weird-kernel", "--port", "5555"], "display_name": "Weird", "language": "x"}
+
+
+def kernels_dir(root: Path) -> Path:
+    return Path(root) / "kernels"
+
+
+def make_spec(root: Path, name: str, spec: dict | str) -> Path:
+    """A spec folder ``root/kernels/name``; a str is written as the raw kernel.json text."""
+    folder = kernels_dir(root) / name
+    folder.mkdir(parents=True)
+    text = spec if isinstance(spec, str) else json.dumps(spec, indent=1)
+    (folder / "kernel.json").write_text(text, encoding="utf-8")
+    (folder / "logo-64x64.png").write_bytes(b"\x89PNG not really")
+    return folder
+
+
+def make_specs(root: Path, specs: dict[str, dict]) -> dict[str, Path]:
+    """Several spec folders at once; returns them by name."""
+    return {name: make_spec(root, name, spec) for name, spec in specs.items()}
+
+
+def load(folder: Path) -> dict:
+    return json.loads((Path(folder) / "kernel.json").read_text(encoding="utf-8"))
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file below ``root`` with its bytes and mode, to show nothing was touched."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode)
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
+
+
+def cli_command(*args: str, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "inplace_restarter", *args]
+
+
+def run_cli(*args: str, python: str = sys.executable, prefix: tuple[str, ...] = (), timeout: float = 60):
+    """The CLI as a user runs it: a new process, in the test's Jupyter folders."""
+    return subprocess.run(
+        [*prefix, *cli_command(*args, python=python)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        check=False,
+    )
