@@ -83,3 +83,11 @@ def execute(kc, code: str, timeout: float = 30, **kwargs) -> tuple[dict, list[di
 def stdout_of(outputs: list[dict]) -> str:
     return "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
 
+
+
+def reply_to(kc, msg_id: str, timeout: float = 10) -> dict:
+    """The shell reply to ``msg_id``, skipping replies to earlier requests."""
+    while True:
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply

@@ -1,0 +1,88 @@
+"""Through the proxy a client receives exactly what the kernel sends directly."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import execute, reply_to, running
+
+#: Cells whose iopub output covers every output message type.
+CORPUS = [
+    "print('hello')",
+    "import sys; print('oops', file=sys.stderr)",
+    "from IPython.display import display, update_display\n"
+    "display('first', display_id='d1')\nupdate_display('second', display_id='d1')",
+    "from IPython.display import clear_output\nprint('a')\nclear_output(wait=True)\nprint('b')",
+    "from IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'), metadata={'isolated': True})",
+    "{'a': 1, 'b': [1, 2]}",
+    "1 / 0",
+    "from comm import create_comm\n"
+    "c = create_comm(target_name='t', comm_id='c1', data={'a': 1}, buffers=[b'\\x00\\x01'])\n"
+    "c.send({'b': 2}, buffers=[memoryview(b'abc')])\nc.close()",
+    "for i in range(3): print(i, flush=True)",
+    "",
+]
+
+VOLATILE_METADATA = {"started", "engine"}
+
+
+def normalised(msg: dict) -> dict:
+    """What a client can rely on: no ids, dates, sessions or the kernel's own uuid."""
+    content = dict(msg["content"])
+    if "engine_info" in content:
+        content["engine_info"] = {k: v for k, v in content["engine_info"].items() if k != "engine_uuid"}
+    return {
+        "msg_type": msg["msg_type"],
+        "content": content,
+        "metadata": {k: v for k, v in msg["metadata"].items() if k not in VOLATILE_METADATA},
+        "buffers": [bytes(b) for b in msg.get("buffers", [])],
+        "parent_msg_type": msg["parent_header"].get("msg_type"),
+    }
+
+
+def transcript(kc) -> list:
+    record = []
+    for code in CORPUS:
+        reply, outputs = execute(kc, code)
+        record.append((code, normalised(reply), [normalised(m) for m in outputs]))
+    reply, outputs = execute(kc, "x = 2", user_expressions={"y": "x * 2"}, silent=False)
+    record.append(("user_expressions", normalised(reply), [normalised(m) for m in outputs]))
+    reply, outputs = execute(kc, "print('quiet')", silent=True)
+    record.append(("silent", normalised(reply), [normalised(m) for m in outputs]))
+    return record
+
+
+@pytest.mark.timeout(180)
+def test_the_transcript_through_the_proxy_equals_the_direct_one(specs):
+    with running("direct") as (_, kc):
+        expected = transcript(kc)
+    with running("proxied") as (_, kc):
+        actual = transcript(kc)
+    for (code, want_reply, want_outputs), (_, reply, outputs) in zip(expected, actual):
+        assert outputs == want_outputs, code
+        assert reply == want_reply, code
+
+
+def test_output_carries_the_clients_own_request_as_parent(proxy):
+    _, kc = proxy
+    execute(kc, "pass")  # past the kernel_info replies of start-up
+    msg_id = kc.execute("print(1)")
+    assert kc.get_shell_msg(timeout=10)["parent_header"]["msg_id"] == msg_id
+    seen = [kc.get_iopub_msg(timeout=10)]
+    while seen[-1]["msg_type"] != "status" or seen[-1]["content"]["execution_state"] != "idle":
+        seen.append(kc.get_iopub_msg(timeout=10))
+    assert [m["msg_type"] for m in seen] == ["status", "execute_input", "stream", "status"]
+    assert all(m["parent_header"]["msg_id"] == msg_id for m in seen)
+    assert all(m["header"]["session"] == seen[0]["header"]["session"] for m in seen), "one kernel session"
+
+
+def test_completion_inspection_and_is_complete_come_from_the_inner_kernel(proxy):
+    _, kc = proxy
+    execute(kc, "import os")
+    matches = kc.complete("os.pa", reply=True, timeout=10)["content"]["matches"]
+    assert "path" in matches
+    inspected = kc.inspect("os.path.join", reply=True, timeout=10)["content"]
+    assert inspected["found"] and "join" in inspected["data"]["text/plain"]
+    assert reply_to(kc, kc.is_complete("for i in x:"))["content"]["status"] == "incomplete"
+    history = kc.history(hist_access_type="tail", n=5, reply=True, timeout=10)["content"]
+    assert history["status"] == "ok" and any("import os" in h[2] for h in history["history"])
