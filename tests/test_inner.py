@@ -1,0 +1,81 @@
+"""The inner kernel's lifecycle: private connection, and nothing outlives the proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import time
+
+import psutil
+import pytest
+from jupyter_client.manager import KernelManager
+
+from .helpers import execute, inner_pid, running, stdout_of
+
+
+def gone_within(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_inner_kernel_gets_a_private_loopback_connection(proxy):
+    km, kc = proxy
+    _, outputs = execute(kc, "from ipykernel.connect import get_connection_file; print(get_connection_file())")
+    path = stdout_of(outputs).strip()
+    info = json.loads(open(path).read())
+    assert info["ip"] == "127.0.0.1" and info["transport"] == "tcp"
+    assert info["key"] and info["key"] != km.session.key.decode()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) & 0o777 == 0o700
+
+
+def test_shutdown_request_shuts_the_inner_kernel_down_and_removes_its_files(specs):
+    with running("proxied") as (km, kc):
+        pid = inner_pid(km)
+        _, outputs = execute(kc, "from ipykernel.connect import get_connection_file; print(get_connection_file())")
+        folder = os.path.dirname(stdout_of(outputs).strip())
+        km.shutdown_kernel()
+        assert gone_within([pid], 2)
+    assert not os.path.exists(folder)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_proxy_killed_by_a_signal_leaves_no_inner_kernel(specs, signum):
+    with running("proxied") as (km, kc):
+        pid = inner_pid(km)
+        os.kill(km.provisioner.pid, signum)
+        assert gone_within([km.provisioner.pid, pid], 2)
+
+
+def test_a_restarted_kernel_is_also_taken_down_with_the_proxy(specs):
+    with running("proxied") as (km, kc):
+        execute(kc, "%restart")
+        pid = inner_pid(km)
+        os.kill(km.provisioner.pid, signal.SIGKILL)
+        assert gone_within([pid], 2)
+
+
+def test_transport_encryption_from_the_client_is_honoured(kernels_dir):
+    from .helpers import proxied, write_spec
+
+    write_spec(kernels_dir, "curve", proxied(metadata={"supported_encryption": "curve"}))
+    km = KernelManager(kernel_name="curve", transport_encryption="required")
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        assert km.curve_publickey is not None
+        reply, outputs = execute(kc, "print('secret')")
+        assert stdout_of(outputs) == "secret\n"
+        reply, outputs = execute(kc, "%restart\nprint('still secret')")
+        assert stdout_of(outputs).endswith("still secret\n")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
