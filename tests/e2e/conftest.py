@@ -1,0 +1,275 @@
+"""Real Jupyter clients against a proxied kernel, and fixtures that always stop them.
+
+Every test here starts what it uses (a Jupyter server, Chromium, a terminal) in the
+private Jupyter folders of the root conftest, and stops it in the fixture's teardown.
+A server or browser that fails to start fails the test: nothing here skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+KERNEL_NAME = "python3-inplace"
+DISPLAY_NAME = "Python 3 (in-place restart)"
+
+#: What ``%restart`` prints in the cell's output, e.g. ``Restarted the kernel in place in 0.8 s``.
+RESTART_MESSAGE = re.compile(r"Restarted the kernel in place in \d+(\.\d+)? s")
+
+#: Debian's Chromium; Playwright's own browser download cannot work on these machines.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def write_proxied_kernelspec(jupyter_path: Path, name: str = KERNEL_NAME) -> Path:
+    """A kernelspec whose kernel is the proxy in front of ipykernel, as install writes it."""
+    spec = {
+        "argv": [sys.executable, "-m", "inplace_restarter", "-f", "{connection_file}", "--resource-dir={resource_dir}"],
+        "display_name": DISPLAY_NAME,
+        "language": "python",
+        "metadata": {
+            "inplace_restarter": {
+                "original_argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            }
+        },
+    }
+    spec_dir = jupyter_path / "kernels" / name
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    return spec_dir
+
+
+@pytest.fixture
+def proxied_kernel(jupyter_dirs) -> str:
+    """The name of a proxied ipykernel spec in this test's private JUPYTER_PATH."""
+    write_proxied_kernelspec(jupyter_dirs["JUPYTER_PATH"])
+    return KERNEL_NAME
+
+
+def write_notebook(path: Path, sources: list[str], kernel_name: str = KERNEL_NAME) -> Path:
+    """A notebook of code cells that opens on ``kernel_name`` without asking."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": kernel_name, "display_name": DISPLAY_NAME, "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    nbformat.write(nb, str(path))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_gone(procs: list[psutil.Process], what: str, timeout: float = 10) -> None:
+    """Wait for ``procs`` to end; kill and report any that outlive ``timeout``."""
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if alive:
+        raise AssertionError(f"processes outlived {what}: {[p.pid for p in alive]}")
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+# --- Jupyter server ------------------------------------------------------------------------
+
+
+@dataclass
+class JupyterServer:
+    process: subprocess.Popen
+    base_url: str
+    token: str
+    root_dir: Path
+    log_path: Path
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}?token={self.token}"
+
+    def api(self, path: str, method: str = "GET"):
+        request = urllib.request.Request(
+            f"{self.base_url}{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def jupyter_server(app_module: str, workdir: Path, startup_timeout: float = 60):
+    """Run ``python -m <app_module>`` (jupyterlab or notebook) on loopback with a token.
+
+    It serves ``workdir/notebooks`` and logs to ``workdir/<app_module>.log``.
+
+    The server inherits the test's private Jupyter folders from the environment. It is
+    stopped with SIGTERM (which shuts its kernels down) and killed if that does not do;
+    every process it started must be gone afterwards.
+    """
+    root_dir = workdir / "notebooks"
+    root_dir.mkdir()
+    log_path = workdir / f"{app_module}.log"
+    port = free_port()
+    token = secrets.token_hex(16)
+    argv = [
+        sys.executable, "-m", app_module,
+        "--no-browser", "--allow-root",
+        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root_dir}",
+        "--ServerApp.terminals_enabled=False",
+        # no network: no update checks, no news, no extension manager lookups on PyPI
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.news_url=None",
+        "--LabApp.extension_manager=readonly",
+    ]  # fmt: skip
+    # The announcements plugin pops a "get notified about Jupyter news?" toast over the page.
+    labconfig = Path(os.environ["JUPYTER_CONFIG_DIR"]) / "labconfig"
+    labconfig.mkdir(parents=True, exist_ok=True)
+    (labconfig / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    server = JupyterServer(proc, f"http://127.0.0.1:{port}", token, root_dir, log_path)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{app_module} exited with {proc.returncode} at startup:\n{server.log()[-4000:]}")
+            try:
+                server.api("/api/status")
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{app_module} did not answer in {startup_timeout} s:\n{server.log()[-4000:]}")
+                time.sleep(0.2)
+        yield server
+    finally:
+        children = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        processes_gone(children, f"the {app_module} server")
+
+
+@pytest.fixture
+def lab_server(proxied_kernel, tmp_path):
+    with jupyter_server("jupyterlab", tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def notebook7_server(proxied_kernel, tmp_path):
+    with jupyter_server("notebook", tmp_path) as server:
+        yield server
+
+
+# --- Chromium --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    """A page in headless Debian Chromium with a fresh profile, closed after the test."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1200, "height": 800},
+        )
+        try:
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            context.close()
+
+
+class NotebookPage:
+    """A notebook open in JupyterLab or Notebook 7, driven with clicks and keys as a person would."""
+
+    def __init__(self, page, server: JupyterServer, path: Path):
+        self.page = page
+        self.server = server
+        self.path = path
+        self.cells = page.locator(".jp-Notebook .jp-Cell")
+        #: The toolbar's kernel status circle; ``data-status`` is the kernel's execution state.
+        self.status = page.locator(".jp-Notebook-ExecutionIndicator")
+        #: The status bar's "<kernel name> | <state>"; ``No Kernel | Initializing`` at first.
+        self.status_bar = page.locator(".jp-StatusBar-TextItem", has_text=" | ")
+        self.dialogs = page.locator(".jp-Dialog")
+
+    def prompt(self, i: int):
+        return self.cells.nth(i).locator(".jp-InputArea .jp-InputPrompt")
+
+    def output(self, i: int):
+        return self.cells.nth(i).locator(".jp-OutputArea")
+
+    def run(self, i: int, wait: bool = True, timeout: float = 60_000):
+        """Select cell ``i``, press Shift+Enter and (by default) wait until it has run."""
+        from playwright.sync_api import expect
+
+        self.prompt(i).click()
+        self.page.keyboard.press("Shift+Enter")
+        if wait:
+            expect(self.prompt(i)).to_have_text(re.compile(r"^\[\d+\]:$"), timeout=timeout)
+
+    def kernels(self) -> list[dict]:
+        return self.server.api("/api/kernels")
+
+
+def open_notebook(page, server: JupyterServer, url_prefix: str, sources: list[str]) -> NotebookPage:
+    """Write a notebook of ``sources`` into the server's root, open it, wait for an idle kernel."""
+    from playwright.sync_api import expect
+
+    name = f"restart-{secrets.token_hex(3)}.ipynb"
+    path = write_notebook(server.root_dir / name, sources)
+    page.goto(server.url(f"{url_prefix}/{name}"))
+    notebook = NotebookPage(page, server, path)
+    expect(notebook.cells).to_have_count(len(sources), timeout=60_000)
+    # the toolbar circle says idle before there is a kernel; the status bar says which
+    expect(notebook.status_bar).to_have_text(f"{DISPLAY_NAME} | Idle", timeout=60_000)
+    return notebook

@@ -1,0 +1,127 @@
+"""JupyterLab in headless Chromium on a proxied kernel: ``%restart`` as a person sees it.
+
+Each test starts its own ``jupyter lab`` (loopback, token, private Jupyter folders) and
+its own Chromium, opens a notebook on the proxied kernel and runs cells with clicks and
+Shift+Enter. After ``%restart`` Lab must look like after any finished cell: the restart
+message in the cell's output, the kernel status idle, no dialog, the same kernel in the
+server, and a new Python process behind it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from .conftest import DISPLAY_NAME, RESTART_MESSAGE, open_notebook
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def lab_notebook(lab_server, browser_page):
+    """Open a notebook of the given cells in JupyterLab."""
+    return lambda sources: open_notebook(browser_page, lab_server, "/lab/tree", sources)
+
+
+def pid_of(text: str) -> int:
+    match = re.search(r"pid=(\d+)", text)
+    assert match, f"no pid in {text!r}"
+    return int(match.group(1))
+
+
+def test_restart_shows_message_and_leaves_a_fresh_idle_kernel(lab_notebook, tmp_path):
+    nb = lab_notebook(
+        [
+            "x = 1\nimport os\nprint(f'pid={os.getpid()}')",
+            "%restart",
+            "x",
+            "import os\nprint(f'pid={os.getpid()}')",
+        ]
+    )
+    [kernel_before] = nb.kernels()
+
+    nb.run(0)
+    old_pid = pid_of(nb.output(0).inner_text())
+
+    nb.run(1)
+    expect(nb.output(1)).to_contain_text(RESTART_MESSAGE)
+    expect(nb.status).to_have_attribute("data-status", "idle")
+
+    nb.run(2)
+    expect(nb.output(2)).to_contain_text("NameError")
+    # counts start again at 1, as after Lab's own restart
+    expect(nb.prompt(2)).to_have_text("[1]:")
+
+    nb.run(3)
+    assert pid_of(nb.output(3).inner_text()) != old_pid
+
+    expect(nb.status).to_have_attribute("data-status", "idle")
+    expect(nb.status_bar).to_have_text(f"{DISPLAY_NAME} | Idle")
+    expect(nb.dialogs).to_have_count(0)
+    nb.page.locator(".jp-SideBar [data-id='filebrowser']").click()  # the picture is of the notebook
+    nb.page.screenshot(path=str(tmp_path / "restart-in-jupyterlab.png"))
+    # the restart happened behind the kernel the server knows: same id, still alive
+    [kernel_after] = nb.kernels()
+    assert kernel_after["id"] == kernel_before["id"]
+    assert kernel_after["execution_state"] == "idle"
+
+
+def test_input_box_after_restart_answers_the_new_kernel(lab_notebook):
+    nb = lab_notebook(["%restart", "name = input('Your name? ')\nprint('hello', name)"])
+    nb.run(0)
+    expect(nb.output(0)).to_contain_text(RESTART_MESSAGE)
+
+    nb.run(1, wait=False)
+    box = nb.output(1).locator("input.jp-Stdin-input")
+    expect(box).to_be_visible()
+    expect(nb.output(1)).to_contain_text("Your name?")
+    box.fill("Ada")
+    box.press("Enter")
+    expect(nb.prompt(1)).to_have_text("[1]:")
+    expect(nb.output(1)).to_contain_text("hello Ada")
+
+
+def test_interrupt_button_stops_a_sleeping_cell_after_restart(lab_notebook):
+    nb = lab_notebook(["%restart", "import time\ntime.sleep(60)", "print('still', 'here')"])
+    nb.run(0)
+    expect(nb.output(0)).to_contain_text(RESTART_MESSAGE)
+
+    nb.run(1, wait=False)
+    expect(nb.prompt(1)).to_have_text("[*]:")
+    expect(nb.status).to_have_attribute("data-status", "busy")
+    nb.page.locator("jp-button[data-command='notebook:interrupt-kernel']").click()
+    expect(nb.output(1)).to_contain_text("KeyboardInterrupt", timeout=15_000)
+    expect(nb.prompt(1)).to_have_text("[1]:")
+    expect(nb.status).to_have_attribute("data-status", "idle")
+
+    nb.run(2)
+    expect(nb.output(2)).to_have_text("still here")
+
+
+def test_slider_displayed_after_restart_is_bound_to_the_new_kernel(lab_notebook):
+    nb = lab_notebook(
+        [
+            "import ipywidgets\nold = ipywidgets.IntSlider(value=7)\nold",
+            "%restart",
+            "import ipywidgets\ns = ipywidgets.IntSlider(value=3)\ns",
+            "print('value', s.value)",
+        ]
+    )
+    nb.run(0)
+    expect(nb.output(0).locator(".widget-slider")).to_be_visible()
+
+    nb.run(1)
+    expect(nb.output(1)).to_contain_text(RESTART_MESSAGE)
+
+    nb.run(2)
+    handle = nb.output(2).locator(".widget-slider .noUi-handle")
+    expect(handle).to_be_visible()
+    handle.focus()
+    nb.page.keyboard.press("ArrowRight")
+    nb.page.keyboard.press("ArrowRight")
+    expect(nb.output(2).locator(".widget-readout")).to_have_text("5")
+
+    nb.run(3)
+    expect(nb.output(3)).to_have_text("value 5")
