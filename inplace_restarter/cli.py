@@ -96,7 +96,6 @@ def plan_install(entry, user: bool = False) -> Change:
         raise SpecError(f"{entry.name!r} is already installed: {where}")
     inner = original_argv(entry.spec) or entry.spec["argv"]
     python, why = choose_python(inner)
-    verb = "migrated from the inplace_restarter 0.1.0 form" if entry.legacy else "installed"
     target, copy_from = entry.resource_dir, None
     if user and entry.resource_dir.parent.resolve() != user_kernels_dir().resolve():
         target, copy_from = user_kernels_dir() / entry.name, entry.resource_dir
@@ -109,7 +108,8 @@ def plan_install(entry, user: bool = False) -> Change:
             f"{entry.name!r} is in {target}, which you cannot write (a system-wide spec?); "
             f"add --user to install on a copy in {user_kernels_dir()}"
         )
-    return Change(entry.name, target, wrapped(entry.spec, python), f"{verb} {entry.name!r} in {target}: the proxy runs with {python}, {why}", copy_from)
+    done = f"migrated {entry.name!r} in {target} from the 0.1.0 form" if entry.legacy else f"installed {entry.name!r} in {target}"
+    return Change(entry.name, target, wrapped(entry.spec, python), f"{done}: the proxy runs with {python}, {why}", copy_from)
 
 
 def plan_remove(entry) -> Change:

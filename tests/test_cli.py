@@ -147,7 +147,7 @@ def test_a_0_1_0_spec_is_listed_removed_and_migrated(spec_dirs):
 
     done = run_cli("install", "old")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("migrated from the inplace_restarter 0.1.0 form 'old'")
+    assert done.stdout.startswith(f"migrated 'old' in {spec_dirs['old']} from the 0.1.0 form: the proxy runs with ")
     migrated = load(spec_dirs["old"])
     assert "restarter_original_argv" not in migrated
     assert migrated["argv"] == proxy_argv(sys.executable)
