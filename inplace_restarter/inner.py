@@ -67,6 +67,10 @@ class InnerKernel(LoggingConfigurable):
         self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
         self.pid: int | None = None
         self._pgid: int | None = None
+        #: why the proxy stopped this kernel on purpose, for the request it cut short
+        self.stop_reason: str | None = None
+        #: the restart that follows this kernel's unexpected death, once begun
+        self.rescue: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Launch the kernel and return once it answers and iopub is connected."""

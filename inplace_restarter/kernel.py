@@ -27,7 +27,8 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
 from .inner import InnerKernel
-from .relay import InnerKernelDied
+from .relay import InnerKernelDied, describe_exit
+from .rescue import RescuePolicy
 
 RESTART_HELP = """\
 %restart [--help]
@@ -78,7 +79,12 @@ class ProxyKernel(Kernel):
         self.inner: InnerKernel | None = None
         self._ready = asyncio.Event()
         self._reply_metadata: ContextVar[dict] = ContextVar("reply_metadata", default={})
-        self._forwarding_execute = False
+        self.rescue = RescuePolicy(parent=self)
+        #: the execute request being forwarded, if any, and whether it is hung
+        self._running: dict | None = None
+        self._hung: dict | None = None
+        #: what to tell the user at the next execute about a kernel that died while idle
+        self._notice: str | None = None
         self._stopping = False
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="inplace-restarter-", dir=_runtime_dir()))
         atexit.register(self._cleanup)
@@ -110,7 +116,14 @@ class ProxyKernel(Kernel):
         self.inner = inner
         self.language_info = inner.kernel_info.get("language_info", {})
         self._ready.set()
+        self._loop.create_task(self._watch(inner))
         self.log.info("Inner kernel %s is ready", inner.pid)
+
+    async def _watch(self, inner: InnerKernel) -> None:
+        """Notice the moment the inner kernel dies, even while nothing runs."""
+        returncode = await asyncio.shield(inner.exited)
+        if self.inner is inner and not self._stopping:
+            await self._rescue(inner, describe_exit(returncode), self._running)
 
     def _terminate(self) -> None:
         """SIGTERM: take the inner kernel down with us, at once."""
@@ -160,10 +173,13 @@ class ProxyKernel(Kernel):
             return self._error_reply(
                 parent, "DeadKernelError", "The kernel is not running; run %restart to start it"
             )
+        inner = self.inner
         try:
-            return await self.inner.relay.request(parent, ident, channel, **options)
+            return await inner.relay.request(parent, ident, channel, **options)
         except InnerKernelDied as died:
-            return self._error_reply(parent, "DeadKernelError", str(died))
+            cell = parent if parent["header"]["msg_type"] == "execute_request" else None
+            reason = await self._rescue(inner, str(died), cell)
+            return self._error_reply(parent, "DeadKernelError", reason)
 
     def _error_reply(self, parent: dict, ename: str, evalue: str) -> dict:
         """A reply (and, for execute, the iopub error) for a failure of the proxy's own."""
@@ -193,14 +209,17 @@ class ProxyKernel(Kernel):
         user_expressions: dict | None = None,
         allow_stdin: bool = False,
     ) -> dict:
+        if self._notice is not None:
+            self._print(self._notice, self.get_parent("shell"), "stderr")
+            self._notice = None
         restart = parse_restart(code)
         if restart is not None:
             return await self._restart_cell(code, silent, *restart)
-        self._forwarding_execute = True
+        self._running = self.get_parent("shell")
         try:
             reply = await self._forward()
         finally:
-            self._forwarding_execute = False
+            self._running = self._hung = None
         self.execution_count = reply.get("execution_count", self.execution_count)
         return reply
 
@@ -242,7 +261,7 @@ class ProxyKernel(Kernel):
         relay = self.inner.relay
         relay.track_client_comm(parent)
         pending = relay.send(parent, ident)
-        if not self._forwarding_execute:
+        if self._running is None:
             try:
                 await relay._until(pending.idle)
             except InnerKernelDied:
@@ -273,8 +292,103 @@ class ProxyKernel(Kernel):
         await self._on_main(self._interrupt_inner())
 
     async def _interrupt_inner(self) -> None:
-        if self.inner is not None:
-            await self.inner.interrupt()
+        """Interrupt; a cell that outlives the interrupt makes the kernel hung.
+
+        A second interrupt of a hung kernel restarts it in place: the only way
+        out when the shell is stuck in code that ignores SIGINT.
+        """
+        inner, running = self.inner, self._running
+        if inner is None:
+            return
+        if running is not None and self._hung is running:
+            await self._restart_hung(inner, running)
+            return
+        await inner.interrupt()
+        if running is not None:
+            self._loop.call_later(
+                self.rescue.interrupt_grace, lambda: self._loop.create_task(self._check_hung(inner, running))
+            )
+
+    async def _check_hung(self, inner: InnerKernel, running: dict) -> None:
+        if self._running is not running or self.inner is not inner or self._hung is running:
+            return
+        if self.rescue.restart_hung:
+            await self._restart_hung(inner, running)
+            return
+        self._hung = running
+        self._print(
+            "The kernel does not respond to interrupts. Interrupt again to restart it in place "
+            "(its variables will be lost).\n",
+            running,
+            "stderr",
+        )
+
+    async def _restart_hung(self, inner: InnerKernel, running: dict) -> None:
+        inner.stop_reason = "The kernel did not respond to interrupts, so it was restarted in place"
+        self._hung = None
+        try:
+            await self.restart_in_place(running)
+        except Exception as e:
+            self._print(f"The kernel did not restart: {e}\n", running, "stderr")
+
+    async def _rescue(self, inner: InnerKernel, reason: str, cell: dict | None) -> str:
+        """Restart a kernel that died by itself; return what the failed request should say.
+
+        Both the death watcher and a request that was waiting on the kernel
+        call this; the first call does the restart, the other waits for it.
+        """
+        if inner.rescue is None:
+            inner.rescue = self._loop.create_task(self._restart_dead(inner, reason, cell))
+        return await asyncio.shield(inner.rescue)
+
+    async def _restart_dead(self, inner: InnerKernel, reason: str, cell: dict | None) -> str:
+        if self.inner is not inner or self._stopping:
+            # Stopped on purpose: %restart, a hung kernel, or shutdown.
+            await self._ready.wait()
+            return inner.stop_reason or reason
+        self.log.warning("%s; restarting it in place", reason)
+        if not self.rescue.may_restart():
+            self.inner = None
+            inner.close()
+            message = (
+                f"{reason}. It died {self.rescue.restart_limit} times within "
+                f"{self.rescue.restart_window:g} s, so it is not restarted again: run %restart to start it."
+            )
+            self._tell(message, cell)
+            return message
+        if cell is not None:
+            self._print(f"{reason}; restarting it in place.\n", cell, "stderr")
+        try:
+            await self.restart_in_place(cell)
+        except Exception as e:
+            message = f"{reason}, and it did not restart: {e}. Run %restart to try again."
+            self._tell(message, cell)
+            return message
+        if cell is None:
+            self._notice = (
+                f"{reason} at {time.strftime('%H:%M:%S')}, and was restarted in place: "
+                "its variables are gone.\n"
+            )
+        return f"{reason}; it was restarted in place"
+
+    def _tell(self, message: str, cell: dict | None) -> None:
+        if cell is not None:
+            self._print(message + "\n", cell, "stderr")
+        else:
+            self._notice = message + "\n"
+
+    async def shell_main(self, subshell_id: str | None, msg: list) -> None:
+        """Serve interrupt_request on shell at once, as some clients send it there."""
+        if self._main_asyncio_lock.locked():
+            try:
+                _, frames = self.session.feed_identities(msg, copy=False)
+                header = self.session.deserialize(frames, content=False, copy=False)["header"]
+            except Exception:
+                header = {}
+            if header.get("msg_type") == "interrupt_request":
+                await self.dispatch_shell(msg, subshell_id=subshell_id, concurrent=True)
+                return
+        await super().shell_main(subshell_id, msg)
 
     def pre_handler_hook(self) -> None:
         """SIGINT is the inner kernel's business: the proxy's handler forwards it."""
@@ -307,12 +421,10 @@ class ProxyKernel(Kernel):
             return self._error_reply(
                 parent, "UsageError", f"%restart takes no option {' '.join(options)!r}; see %restart --help"
             )["content"]
-        started = time.monotonic()
         try:
-            await self.restart_in_place()
+            await self.restart_in_place(parent)
         except Exception as e:
             return self._error_reply(parent, "RestartError", f"The kernel did not restart: {e}")["content"]
-        self._print(f"Restarted the kernel in place in {time.monotonic() - started:.1f} s\n", parent)
         if rest.strip():
             return await self.do_execute_rest(parent, rest)
         return self._ok(count)
@@ -323,14 +435,16 @@ class ProxyKernel(Kernel):
         self.execution_count = reply.get("execution_count", self.execution_count)
         return reply
 
-    async def restart_in_place(self) -> None:
+    async def restart_in_place(self, parent: dict | None) -> None:
         """Replace the inner kernel with a new one; the client stays connected.
 
         The old kernel shuts down while the new one starts.  The client is
         told what a restart means for it: the old kernel's comms are closed,
         and the kernel reports ``starting`` (never ``restarting``, which
-        JupyterLab takes for a dead kernel restarted by the server).
+        JupyterLab takes for a dead kernel restarted by the server).  The
+        cell ``parent`` is told how long it took.
         """
+        started = time.monotonic()
         old, self.inner = self.inner, None
         self._ready.clear()
         if old is not None and old.relay is not None:
@@ -347,10 +461,12 @@ class ProxyKernel(Kernel):
             self._ready.set()
             raise results[1]
         self.execution_count = 0
-        self._use(new)
         self.session.send(
             self.iopub_socket, "status", {"execution_state": "starting"}, parent={}, ident=self._topic("status")
         )
+        if parent is not None:
+            self._print(f"Restarted the kernel in place in {time.monotonic() - started:.1f} s\n", parent)
+        self._use(new)
 
     def _close_comms(self, comms: dict[str, str]) -> None:
         parent = self.get_parent("shell")
@@ -360,9 +476,9 @@ class ProxyKernel(Kernel):
             )
         comms.clear()
 
-    def _print(self, text: str, parent: dict) -> None:
+    def _print(self, text: str, parent: dict, name: str = "stdout") -> None:
         self.session.send(
-            self.iopub_socket, "stream", {"name": "stdout", "text": text}, parent, ident=b"stream.stdout"
+            self.iopub_socket, "stream", {"name": name, "text": text}, parent, ident=f"stream.{name}".encode()
         )
 
     def _ok(self, execution_count: int) -> dict:

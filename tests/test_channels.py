@@ -1,0 +1,156 @@
+"""stdin, comms, interrupts and control work through the proxy as against the kernel."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .helpers import execute, proxied, reply_to, running, stdout_of, write_spec
+
+ECHO_TARGET = """
+def _echo(comm, open_msg):
+    comm.send({"opened": open_msg["content"]["data"]}, buffers=open_msg["buffers"])
+    @comm.on_msg
+    def _(msg):
+        comm.send({"echo": msg["content"]["data"]}, buffers=msg["buffers"])
+get_ipython().kernel.comm_manager.register_target("echo", _echo)
+"""
+
+
+def iopub_until_idle(kc, msg_id: str, timeout: float = 10) -> list[dict]:
+    """The iopub messages with parent ``msg_id``, up to its idle status."""
+    seen: list[dict] = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        seen.append(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return seen
+
+
+def send(kc, channel: str, msg_type: str, content: dict, buffers=None) -> str:
+    msg = kc.session.msg(msg_type, content)
+    getattr(kc, f"{channel}_channel").send(msg) if buffers is None else kc.session.send(
+        getattr(kc, f"{channel}_channel").socket, msg, buffers=buffers
+    )
+    return msg["header"]["msg_id"]
+
+
+def test_input_reaches_the_client_and_the_answer_the_kernel(proxy):
+    _, kc = proxy
+    msg_id = kc.execute("name = input('name? ')\nprint('hello', name)", allow_stdin=True)
+    request = kc.get_stdin_msg(timeout=10)
+    assert request["msg_type"] == "input_request"
+    assert request["content"]["prompt"] == "name? " and request["content"]["password"] is False
+    assert request["parent_header"]["msg_id"] == msg_id
+    kc.input("Ada")
+    assert reply_to(kc, msg_id)["content"]["status"] == "ok"
+    assert "hello Ada" in stdout_of(iopub_until_idle(kc, msg_id))
+
+
+def test_getpass_asks_for_a_password(proxy):
+    _, kc = proxy
+    msg_id = kc.execute("import getpass\nsecret = getpass.getpass('pw: ')", allow_stdin=True)
+    request = kc.get_stdin_msg(timeout=10)
+    assert request["content"]["password"] is True
+    kc.input("s3cret")
+    assert reply_to(kc, msg_id)["content"]["status"] == "ok"
+    assert execute(kc, "secret")[0]["content"]["status"] == "ok"
+
+
+def test_input_without_stdin_fails_as_it_does_directly(specs):
+    code = "input('name? ')"
+    with running("direct") as (_, kc):
+        want = execute(kc, code, allow_stdin=False)[0]["content"]
+    with running("proxied") as (_, kc):
+        got = execute(kc, code, allow_stdin=False)[0]["content"]
+    assert (got["status"], got["ename"], got["evalue"]) == (want["status"], want["ename"], want["evalue"])
+
+
+def test_comms_go_both_ways_with_buffers(proxy):
+    _, kc = proxy
+    execute(kc, ECHO_TARGET)
+    open_id = send(kc, "shell", "comm_open", {"comm_id": "c1", "target_name": "echo", "data": {"x": 1}}, [b"\x01"])
+    opened = [m for m in iopub_until_idle(kc, open_id) if m["msg_type"] == "comm_msg"]
+    assert opened[0]["content"]["data"] == {"opened": {"x": 1}}
+    assert [bytes(b) for b in opened[0]["buffers"]] == [b"\x01"]
+
+    msg_id = send(kc, "shell", "comm_msg", {"comm_id": "c1", "data": {"y": 2}}, [b"\x02\x03"])
+    echoed = [m for m in iopub_until_idle(kc, msg_id) if m["msg_type"] == "comm_msg"]
+    assert echoed[0]["content"]["data"] == {"echo": {"y": 2}}
+    assert [bytes(b) for b in echoed[0]["buffers"]] == [b"\x02\x03"]
+
+    info = reply_to(kc, send(kc, "shell", "comm_info_request", {"target_name": "echo"}))
+    assert info["content"]["comms"] == {"c1": {"target_name": "echo"}}
+
+
+def test_restart_closes_the_old_kernels_comms(proxy):
+    _, kc = proxy
+    execute(kc, "from comm import create_comm\nc = create_comm(target_name='w', comm_id='w1')")
+    msg_id = kc.execute("%restart")
+    closed = [m for m in iopub_until_idle(kc, msg_id, timeout=30) if m["msg_type"] == "comm_close"]
+    assert [m["content"]["comm_id"] for m in closed] == ["w1"]
+    info = reply_to(kc, send(kc, "shell", "comm_info_request", {}))
+    assert info["content"]["comms"] == {}
+
+
+@pytest.mark.parametrize("interrupt_mode", ["signal", "message"])
+def test_interrupt_ends_a_sleeping_cell_within_a_second(kernels_dir, interrupt_mode):
+    write_spec(kernels_dir, "p", proxied(interrupt_mode=interrupt_mode))
+    with running("p") as (km, kc):
+        msg_id = kc.execute("import time\ntime.sleep(30)")
+        time.sleep(1)  # the cell is running
+        sent = time.monotonic()
+        km.interrupt_kernel()
+        reply = reply_to(kc, msg_id, timeout=5)
+        assert time.monotonic() - sent < 1
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+
+
+def test_interrupt_request_on_shell_is_served_while_a_cell_runs(proxy):
+    _, kc = proxy
+    msg_id = kc.execute("import time\ntime.sleep(30)")
+    time.sleep(1)
+    interrupt_id = send(kc, "shell", "interrupt_request", {})
+    assert reply_to(kc, interrupt_id, timeout=5)["content"]["status"] == "ok"
+    assert reply_to(kc, msg_id, timeout=5)["content"]["ename"] == "KeyboardInterrupt"
+
+
+def test_the_debugger_initializes_and_attaches_through_the_control_channel(proxy):
+    _, kc = proxy
+    assert "debugger" in kc.kernel_info(reply=True, timeout=10)["content"]["supported_features"]
+    arguments = {"clientID": "test", "adapterID": "python", "pathFormat": "path", "linesStartAt1": True,
+                 "columnsStartAt1": True, "locale": "en"}
+    events = []
+    for seq, (command, args) in enumerate([("initialize", arguments), ("attach", {})], 1):
+        msg_id = send(kc, "control", "debug_request", {"type": "request", "seq": seq, "command": command, "arguments": args})
+        reply = kc.get_control_msg(timeout=20)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["success"] is True and reply["content"]["command"] == command
+        events += [m["content"]["event"] for m in iopub_until_idle(kc, msg_id) if m["msg_type"] == "debug_event"]
+    assert {"initialized", "process", "thread"} <= set(events)
+
+
+def test_usage_request_is_answered_by_the_inner_kernel(proxy):
+    km, kc = proxy
+    from .helpers import inner_pid
+
+    msg_id = send(kc, "control", "usage_request", {})
+    reply = kc.get_control_msg(timeout=10)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["pid"] == inner_pid(km)
+
+
+def test_requests_sent_during_a_restart_are_answered_once_after_it(proxy):
+    _, kc = proxy
+    restart_id = kc.execute("%restart")
+    ids = [kc.kernel_info(), kc.complete("pri"), kc.execute("print('after')")]
+    control_id = send(kc, "control", "kernel_info_request", {})
+    replies = [kc.get_shell_msg(timeout=30) for _ in range(4)]
+    assert [r["parent_header"]["msg_id"] for r in replies] == [restart_id, *ids]
+    assert kc.get_control_msg(timeout=10)["parent_header"]["msg_id"] == control_id
+    assert "after" in stdout_of(iopub_until_idle(kc, ids[2]))
+    with pytest.raises(Exception):
+        kc.get_shell_msg(timeout=1)
