@@ -358,17 +358,17 @@ class ProxyKernel(Kernel):
             return message
         if cell is not None:
             self._print(f"{reason}; restarting it in place.\n", cell, "stderr")
+        else:
+            self._notice = (
+                f"{reason} at {time.strftime('%H:%M:%S')}, and was restarted in place: "
+                "its variables are gone.\n"
+            )
         try:
             await self.restart_in_place(cell)
         except Exception as e:
             message = f"{reason}, and it did not restart: {e}. Run %restart to try again."
             self._tell(message, cell)
             return message
-        if cell is None:
-            self._notice = (
-                f"{reason} at {time.strftime('%H:%M:%S')}, and was restarted in place: "
-                "its variables are gone.\n"
-            )
         return f"{reason}; it was restarted in place"
 
     def _tell(self, message: str, cell: dict | None) -> None:

@@ -144,8 +144,8 @@ class Relay:
     async def _until(self, future: asyncio.Future) -> None:
         """Wait for ``future`` unless the inner kernel dies first."""
         await asyncio.wait([future, self.exited], return_when=asyncio.FIRST_COMPLETED)
-        if not future.done():
-            raise InnerKernelDied(self.exited.result())
+        if not future.done() or future.cancelled():
+            raise InnerKernelDied(self.exited.result() if self.exited.done() else None)
 
     async def wait_ready(self, timeout: float) -> dict:
         """Ask kernel_info until both the reply and its iopub status come back.

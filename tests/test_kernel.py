@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psutil
 import pytest
 
@@ -102,3 +104,56 @@ def test_twenty_restarts_leave_no_extra_processes_or_open_files(proxy):
     assert proxy_process.num_fds() <= files
     reply, outputs = execute(kc, "print('still here')")
     assert stdout_of(outputs) == "still here\n"
+
+
+@pytest.mark.timeout(120)
+def test_malformed_and_wrongly_signed_messages_are_dropped_and_the_kernel_keeps_serving(proxy):
+    import hashlib
+    import hmac
+    import json
+    import random
+
+    import zmq
+
+    km, kc = proxy
+    rng = random.Random(4)
+    key = km.session.key
+
+    def signed(parts: list[bytes], good: bool = True) -> list[bytes]:
+        mac = hmac.new(key if good else b"wrong", digestmod=hashlib.sha256)
+        for part in parts:
+            mac.update(part)
+        return [b"<IDS|MSG>", mac.hexdigest().encode(), *parts]
+
+    def header(msg_type: str) -> bytes:
+        return json.dumps({"msg_id": str(rng.random()), "msg_type": msg_type, "session": "s", "username": "u",
+                           "date": "2026-01-01T00:00:00Z", "version": "5.3"}).encode()
+
+    bad_messages = [
+        [b""],
+        [rng.randbytes(rng.randrange(1, 64)) for _ in range(rng.randrange(1, 8))],
+        signed([header("execute_request"), b"{}", b"{}", b'{"code": "1"}'], good=False),
+        signed([b"not json", b"{}", b"{}", b"{}"]),
+        signed([header("execute_request"), b"{}", b"{}", b"[1, 2]"]),
+        signed([header("execute_request"), b"{}", b"{}", b"{}"]),
+        signed([header("no_such_request"), b"{}", b"{}", b"{}"]),
+        signed([header("complete_request"), b"{}", b"{}", b'{"code": 5}']),
+        signed([header("comm_msg"), b"{}", b"{}", b'{"comm_id": null}']),
+    ]
+    bad_messages += [[rng.randbytes(rng.randrange(0, 200)) for _ in range(rng.randrange(1, 7))] for _ in range(200)]
+    context = zmq.Context()
+    try:
+        for channel in ("shell", "control", "stdin"):
+            socket = context.socket(zmq.DEALER)
+            socket.linger = 0
+            socket.connect(f"tcp://127.0.0.1:{getattr(km, channel + '_port')}")
+            for frames in bad_messages:
+                socket.send_multipart(frames)
+            socket.close()
+    finally:
+        context.term()
+    time.sleep(0.5)
+    reply, outputs = execute(kc, "print('still serving')")
+    assert reply["content"]["status"] == "ok"
+    assert stdout_of(outputs) == "still serving\n"
+    assert kc.kernel_info(reply=True, timeout=10)["content"]["status"] == "ok"

@@ -1,0 +1,126 @@
+"""A dying or hung inner kernel is noticed, explained, and restarted in place."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from .helpers import execute, inner_pid, proxied, reply_to, running, write_spec
+
+
+def stderr_of(outputs: list[dict]) -> str:
+    return "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+
+
+def start_proxy(kernels_dir, *options: str, **fields):
+    spec = proxied(**fields)
+    spec["argv"] += list(options)
+    write_spec(kernels_dir, "p", spec)
+    return running("p")
+
+
+def wait_for_new_inner(km, old: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            pid = inner_pid(km)
+        except (AssertionError, psutil.NoSuchProcess):
+            pid = old
+        if pid != old:
+            return pid
+        time.sleep(0.05)
+    raise AssertionError(f"no new inner kernel within {seconds} s")
+
+
+@pytest.mark.parametrize(
+    "code, reason",
+    [("import os; os._exit(3)", "The kernel exited with code 3"),
+     ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "The kernel died of SIGKILL")],
+)
+def test_a_kernel_dying_in_a_cell_fails_that_cell_and_comes_back(proxy, code, reason):
+    km, kc = proxy
+    before = inner_pid(km)
+    reply, outputs = execute(kc, code)
+    content = reply["content"]
+    assert content["status"] == "error" and content["ename"] == "DeadKernelError"
+    assert content["evalue"] == f"{reason}; it was restarted in place"
+    assert f"{reason}; restarting it in place." in stderr_of(outputs)
+    assert any(m["msg_type"] == "error" for m in outputs)
+    assert inner_pid(km) != before
+    reply, outputs = execute(kc, "print('alive')")
+    assert reply["content"]["status"] == "ok" and reply["content"]["execution_count"] == 1
+
+
+def test_a_kernel_killed_while_idle_is_restarted_at_once_and_the_next_cell_says_so(proxy):
+    km, kc = proxy
+    before = inner_pid(km)
+    os.kill(before, signal.SIGKILL)
+    wait_for_new_inner(km, before, 1)
+    reply, outputs = execute(kc, "print('alive')")
+    assert reply["content"]["status"] == "ok"
+    assert "The kernel died of SIGKILL at" in stderr_of(outputs)
+    assert "its variables are gone" in stderr_of(outputs)
+    _, outputs = execute(kc, "print('again')")
+    assert stderr_of(outputs) == "", "told once"
+
+
+def test_restarts_stop_past_the_limit_until_the_user_restarts(kernels_dir):
+    with start_proxy(kernels_dir, "--RescuePolicy.restart_limit=1") as (km, kc):
+        reply, _ = execute(kc, "import os; os._exit(1)")
+        assert reply["content"]["evalue"].endswith("it was restarted in place")
+        reply, outputs = execute(kc, "import os; os._exit(1)")
+        assert "so it is not restarted again: run %restart to start it" in reply["content"]["evalue"]
+        reply, _ = execute(kc, "1")
+        assert reply["content"]["evalue"] == "The kernel is not running; run %restart to start it"
+        reply, outputs = execute(kc, "%restart\nprint('back')")
+        assert reply["content"]["status"] == "ok"
+        assert km.is_alive() and inner_pid(km)
+
+
+SPIN_IGNORING_SIGINT = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("interrupt_mode", ["signal", "message"])
+def test_a_hung_kernel_is_restarted_by_a_second_interrupt(kernels_dir, interrupt_mode):
+    with start_proxy(kernels_dir, "--RescuePolicy.interrupt_grace=1", interrupt_mode=interrupt_mode) as (km, kc):
+        before = inner_pid(km)
+        msg_id = kc.execute(SPIN_IGNORING_SIGINT)
+        time.sleep(1)
+        km.interrupt_kernel()
+        warning = wait_for_stream(kc, msg_id, "does not respond to interrupts", timeout=5)
+        assert "Interrupt again to restart it in place" in warning
+        assert inner_pid(km) == before, "not restarted before the user asks"
+
+        km.interrupt_kernel()
+        reply = reply_to(kc, msg_id, timeout=10)
+        assert reply["content"]["ename"] == "DeadKernelError"
+        assert reply["content"]["evalue"] == "The kernel did not respond to interrupts, so it was restarted in place"
+        assert inner_pid(km) != before
+        assert execute(kc, "print('carry on')")[0]["content"]["status"] == "ok"
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_kernel_can_be_restarted_automatically(kernels_dir):
+    options = ("--RescuePolicy.interrupt_grace=1", "--RescuePolicy.restart_hung=True")
+    with start_proxy(kernels_dir, *options) as (km, kc):
+        before = inner_pid(km)
+        msg_id = kc.execute(SPIN_IGNORING_SIGINT)
+        time.sleep(1)
+        km.interrupt_kernel()
+        reply = reply_to(kc, msg_id, timeout=10)
+        assert reply["content"]["ename"] == "DeadKernelError"
+        assert inner_pid(km) != before
+
+
+def wait_for_stream(kc, msg_id: str, text: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream" and text in msg["content"]["text"]:
+            return msg["content"]["text"]
+    raise AssertionError(f"no {text!r} within {timeout} s")
