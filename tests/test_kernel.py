@@ -101,6 +101,9 @@ def test_twenty_restarts_leave_no_extra_processes_or_open_files(proxy):
         reply, _ = execute(kc, "%restart")
         assert reply["content"]["status"] == "ok"
     assert len(proxy_process.children(recursive=True)) == children == 1
+    deadline = time.monotonic() + 3  # closed zmq sockets linger a moment
+    while proxy_process.num_fds() > files and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert proxy_process.num_fds() <= files
     reply, outputs = execute(kc, "print('still here')")
     assert stdout_of(outputs) == "still here\n"
