@@ -16,7 +16,13 @@ class ProxyKernelApp(IPKernelApp):
     """``python -m inplace_restarter -f CONNECTION_FILE --resource-dir=SPEC_DIR``."""
 
     name = "inplace-restarter"
-    description = "A kernel that relays to the kernel of SPEC_DIR/kernel.json and restarts it in place."
+    description = """\
+Run as a kernel: relay to the kernel of SPEC_DIR/kernel.json (or the argv
+given after '--') and restart it in place on %restart.
+
+To put the proxy in front of your kernelspecs, use the commands instead:
+python -m inplace_restarter list|install|remove|wizard --help"""
+    subcommands: dict = {}
 
     kernel_class = Type(ProxyKernel, klass=ProxyKernel)
     # The proxy's own stdout and stderr are its log, not cell output.
@@ -38,6 +44,13 @@ class ProxyKernelApp(IPKernelApp):
         if self.extra_args:
             self.inner_argv = self.extra_args
         self.kernel.inner_spec = self.inner_spec()
+
+    def init_profile_dir(self) -> None:
+        """Also read ``inplace_restarter_config.py`` from the Jupyter config folders."""
+        super().init_profile_dir()
+        from jupyter_core.paths import jupyter_config_path
+
+        self.config_file_paths[:0] = jupyter_config_path()
 
     def init_control(self, context) -> None:
         super().init_control(context)

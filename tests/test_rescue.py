@@ -68,8 +68,15 @@ def test_a_kernel_killed_while_idle_is_restarted_at_once_and_the_next_cell_says_
     assert stderr_of(outputs) == "", "told once"
 
 
-def test_restarts_stop_past_the_limit_until_the_user_restarts(kernels_dir):
-    with start_proxy(kernels_dir, "--RescuePolicy.restart_limit=1") as (km, kc):
+@pytest.mark.parametrize("configured_by", ["kernelspec argv", "Jupyter config file"])
+def test_restarts_stop_past_the_limit_until_the_user_restarts(kernels_dir, jupyter_dirs, configured_by):
+    options = []
+    if configured_by == "kernelspec argv":
+        options.append("--RescuePolicy.restart_limit=1")
+    else:
+        config = jupyter_dirs["JUPYTER_CONFIG_DIR"] / "inplace_restarter_config.py"
+        config.write_text("c.RescuePolicy.restart_limit = 1\n")
+    with start_proxy(kernels_dir, *options) as (km, kc):
         reply, _ = execute(kc, "import os; os._exit(1)")
         assert reply["content"]["evalue"].endswith("it was restarted in place")
         reply, outputs = execute(kc, "import os; os._exit(1)")
