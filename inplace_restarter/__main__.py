@@ -13,9 +13,12 @@ def main(argv: list[str] | None = None) -> None:
         from .cli import main as cli_main
 
         sys.exit(cli_main(argv))
+    from .inner import prelaunch
+
+    prelaunched = prelaunch(argv)
     from .app import launch
 
-    launch(argv)
+    launch(argv, prelaunched)
 
 
 if __name__ == "__main__":

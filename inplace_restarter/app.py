@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 from ipykernel.kernelapp import IPKernelApp, kernel_aliases
-from jupyter_client.kernelspec import KernelSpec
-from traitlets import List, Type, Unicode
+from traitlets import Any, List, Type, Unicode
 
 from . import kernelspec
+from .inner import inner_kernel_spec
 from .kernel import ProxyKernel
 
 
@@ -37,13 +37,21 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         help="The inner kernel's argv, overriding the kernel.json's (also given after '--').",
     )
 
+    prelaunched = Any(None, help="(manager, runtime folder) of an inner kernel launched before the app.")
+
     aliases = {**kernel_aliases, "resource-dir": "ProxyKernelApp.resource_dir"}
 
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
         if self.extra_args:
             self.inner_argv = self.extra_args
-        self.kernel.inner_spec = self.inner_spec()
+        try:
+            self.kernel.inner_spec = inner_kernel_spec(self.resource_dir, self.inner_argv)
+        except kernelspec.SpecError as e:
+            self.log.critical("%s", e)
+            self.exit(2)
+        if self.prelaunched is not None:
+            self.kernel.adopt(*self.prelaunched)
 
     def init_profile_dir(self) -> None:
         """Also read ``inplace_restarter_config.py`` from the Jupyter config folders."""
@@ -58,35 +66,5 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         # the proxy neither advertises nor half-supports them.
         self.shell_channel_thread = None
 
-    def inner_spec(self) -> KernelSpec:
-        """The spec of the inner kernel: the kernel.json as it was before install."""
-        spec: dict = {}
-        if self.resource_dir:
-            try:
-                spec = kernelspec.read_kernel_json(self.resource_dir)
-            except kernelspec.SpecError as e:
-                self.log.critical("%s", e)
-                self.exit(1)
-        argv = list(self.inner_argv) or kernelspec.original_argv(spec)
-        if not argv:
-            self.log.critical(
-                "No inner kernel to start: %s has no saved original argv; run "
-                "'python -m inplace_restarter install NAME' on the spec, or give the argv after '--'",
-                self.resource_dir or "no --resource-dir was given, so there",
-            )
-            self.exit(2)
-        metadata = dict(spec.get("metadata") or {})
-        metadata.pop(kernelspec.METADATA_KEY, None)
-        return KernelSpec(
-            argv=argv,
-            display_name=spec.get("display_name", ""),
-            language=spec.get("language", ""),
-            interrupt_mode=spec.get("interrupt_mode", "signal"),
-            env=spec.get("env") or {},
-            metadata=metadata,
-            resource_dir=self.resource_dir,
-        )
-
-
-def launch(argv: list[str] | None = None) -> None:
-    ProxyKernelApp.launch_instance(argv if argv is not None else sys.argv[1:])
+def launch(argv: list[str] | None = None, prelaunched=None) -> None:
+    ProxyKernelApp.launch_instance(argv if argv is not None else sys.argv[1:], prelaunched=prelaunched)

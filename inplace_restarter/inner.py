@@ -7,18 +7,24 @@ so an old kernel can still be shutting down while its successor starts.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ctypes
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
+import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Float, Instance
 from traitlets.config import LoggingConfigurable
 
+from . import kernelspec
 from .relay import Relay
 
 
@@ -38,6 +44,73 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def inner_kernel_spec(resource_dir: str | None, argv: list[str] | None = None) -> KernelSpec:
+    """The spec the inner kernel starts from; raises kernelspec.SpecError."""
+    fields = kernelspec.inner_spec_fields(resource_dir, argv)
+    known = {k: v for k, v in fields.items() if KernelSpec.class_traits().get(k) is not None}
+    return KernelSpec(**{**known, "resource_dir": str(resource_dir or "")})
+
+
+def private_runtime_dir() -> Path:
+    """A folder of the proxy's own (mode 0700) for its inner kernels' connection files."""
+    root = Path(jupyter_runtime_dir())
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="inplace-restarter-", dir=root))
+
+
+def new_manager(spec: KernelSpec, runtime_dir: Path, **kwargs) -> AsyncKernelManager:
+    """A manager for one inner kernel: loopback, a fresh key, a private connection file."""
+    return AsyncKernelManager(
+        kernel_name="inner",
+        kernel_spec_manager=_OneSpec(spec=spec),
+        transport="tcp",
+        ip="127.0.0.1",
+        connection_file=str(runtime_dir / f"inner-{uuid.uuid4()}.json"),
+        # One context for all incarnations, as their clients share one: a
+        # context of its own would start and stop an I/O thread per restart.
+        context=zmq.asyncio.Context.instance(),
+        **kwargs,
+    )
+
+
+def launch_kwargs() -> dict:
+    kwargs: dict = {"cwd": os.getcwd()}
+    if sys.platform.startswith("linux"):
+        kwargs["preexec_fn"] = _die_with_parent
+    return kwargs
+
+
+def prelaunch(argv: list[str]) -> tuple[AsyncKernelManager, Path] | None:
+    """Launch the inner kernel before the proxy imports ipykernel, so both start at once.
+
+    Only the proxy's own arguments that say which kernel to start are read
+    here; on anything unusual this returns None and the proxy starts the
+    kernel later, reporting errors the normal way.
+    """
+    resource_dir, inner_argv = None, None
+    if "--" in argv:
+        inner_argv = argv[argv.index("--") + 1 :]
+        argv = argv[: argv.index("--")]
+    for arg in argv:
+        for flag in ("--resource-dir=", "--ProxyKernelApp.resource_dir="):
+            if arg.startswith(flag):
+                resource_dir = arg[len(flag) :]
+    if not (resource_dir or inner_argv):
+        return None
+    try:
+        spec = inner_kernel_spec(resource_dir, inner_argv)
+    except kernelspec.SpecError:
+        return None
+    runtime_dir = private_runtime_dir()
+    atexit.register(shutil.rmtree, runtime_dir, ignore_errors=True)
+    manager = new_manager(spec, runtime_dir)
+    try:
+        asyncio.run(manager.start_kernel(**launch_kwargs()))
+    except Exception:
+        return None
+    return manager, runtime_dir
+
+
 class InnerKernel(LoggingConfigurable):
     """One run of the real kernel, reached on loopback with a private key."""
 
@@ -50,18 +123,12 @@ class InnerKernel(LoggingConfigurable):
         help="Seconds between the shutdown_request and killing the inner kernel if it has not exited.",
     )
 
-    def __init__(self, spec: KernelSpec, runtime_dir: Path, proxy, **kwargs):
+    def __init__(
+        self, spec: KernelSpec, runtime_dir: Path, proxy, manager: AsyncKernelManager | None = None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.proxy = proxy
-        self.manager = AsyncKernelManager(
-            kernel_name="inner",
-            kernel_spec_manager=_OneSpec(spec=spec),
-            transport="tcp",
-            ip="127.0.0.1",
-            connection_file=str(runtime_dir / f"inner-{uuid.uuid4()}.json"),
-            parent=self,
-            log=self.log,
-        )
+        self.manager = manager or new_manager(spec, runtime_dir, parent=self, log=self.log)
         self.relay: Relay | None = None
         self.kernel_info: dict = {}
         self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -74,10 +141,8 @@ class InnerKernel(LoggingConfigurable):
 
     async def start(self) -> None:
         """Launch the kernel and return once it answers and iopub is connected."""
-        kwargs = {"cwd": os.getcwd()}
-        if sys.platform.startswith("linux"):
-            kwargs["preexec_fn"] = _die_with_parent
-        await self.manager.start_kernel(**kwargs)
+        if not self.manager.has_kernel:
+            await self.manager.start_kernel(**launch_kwargs())
         process = getattr(self.manager.provisioner, "process", None)
         self.pid = self.manager.provisioner.pid if self.manager.provisioner else None
         self._pgid = getattr(self.manager.provisioner, "pgid", None)

@@ -13,7 +13,6 @@ import atexit
 import shlex
 import shutil
 import signal
-import tempfile
 import time
 import typing as t
 from contextvars import ContextVar
@@ -21,12 +20,11 @@ from pathlib import Path
 
 from ipykernel.kernelbase import Kernel
 from jupyter_client.kernelspec import KernelSpec
-from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Instance
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
-from .inner import InnerKernel
+from .inner import InnerKernel, private_runtime_dir
 from .relay import InnerKernelDied, describe_exit
 from .rescue import RescuePolicy
 
@@ -86,8 +84,13 @@ class ProxyKernel(Kernel):
         #: what to tell the user at the next execute about a kernel that died while idle
         self._notice: str | None = None
         self._stopping = False
-        self._runtime_dir = Path(tempfile.mkdtemp(prefix="inplace-restarter-", dir=_runtime_dir()))
+        self._first_manager = None
+        self._runtime_dir: Path | None = None
         atexit.register(self._cleanup)
+
+    def adopt(self, manager, runtime_dir: Path) -> None:
+        """Take over an inner kernel launched before the proxy was ready (see inner.prelaunch)."""
+        self._first_manager, self._runtime_dir = manager, runtime_dir
 
     # -- startup and shutdown ---------------------------------------------------
 
@@ -101,16 +104,39 @@ class ProxyKernel(Kernel):
         self.io_loop.add_callback(self._start_inner)
 
     async def _start_inner(self) -> None:
-        inner = InnerKernel(self.inner_spec, self._runtime_dir, self, parent=self, log=self.log)
+        if self._runtime_dir is None:
+            self._runtime_dir = private_runtime_dir()
+        manager, self._first_manager = self._first_manager, None
         try:
-            await inner.start()
+            inner = await self._new_inner(manager)
         except Exception as e:
             self.log.critical("The inner kernel did not start: %s", e)
-            inner.kill()
-            inner.close()
             self.io_loop.stop()
             return
         self._use(inner)
+
+    async def _new_inner(self, manager=None, attempts: int = 3) -> InnerKernel:
+        """Start an inner kernel, again on fresh ports if it dies while starting.
+
+        jupyter_client picks free ports that the kernel binds only later, so
+        another socket can take one in between; the kernel then exits.
+        """
+        for attempt in range(1, attempts + 1):
+            inner = InnerKernel(self.inner_spec, self._runtime_dir, self, manager=manager, parent=self, log=self.log)
+            manager = None
+            try:
+                await inner.start()
+                return inner
+            except InnerKernelDied as died:
+                inner.close()
+                if attempt == attempts:
+                    raise RuntimeError(f"{died} while starting, {attempts} times") from None
+                self.log.warning("%s while starting; trying again", died)
+            except BaseException:
+                inner.kill()
+                inner.close()
+                raise
+        raise AssertionError("unreachable")
 
     def _use(self, inner: InnerKernel) -> None:
         self.inner = inner
@@ -136,7 +162,8 @@ class ProxyKernel(Kernel):
         self._stopping = True
         if self.inner is not None:
             self.inner.kill()
-        shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        if self._runtime_dir is not None:
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
     async def do_shutdown(self, restart: bool) -> dict:
         await self._on_main(self._shutdown_inner())
@@ -146,7 +173,8 @@ class ProxyKernel(Kernel):
         self._stopping = True
         if self.inner is not None:
             await self.inner.shutdown()
-        shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        if self._runtime_dir is not None:
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
     # -- forwarding ---------------------------------------------------------
 
@@ -449,17 +477,15 @@ class ProxyKernel(Kernel):
         self._ready.clear()
         if old is not None and old.relay is not None:
             self._close_comms(old.relay.comms)
-        new = InnerKernel(self.inner_spec, self._runtime_dir, self, parent=self, log=self.log)
         results = await asyncio.gather(
             old.shutdown() if old is not None else asyncio.sleep(0),
-            new.start(),
+            self._new_inner(),
             return_exceptions=True,
         )
-        if isinstance(results[1], BaseException):
-            new.kill()
-            new.close()
+        new = results[1]
+        if isinstance(new, BaseException):
             self._ready.set()
-            raise results[1]
+            raise new
         self.execution_count = 0
         self.session.send(
             self.iopub_socket, "status", {"execution_state": "starting"}, parent={}, ident=self._topic("status")
@@ -483,9 +509,3 @@ class ProxyKernel(Kernel):
 
     def _ok(self, execution_count: int) -> dict:
         return {"status": "ok", "execution_count": execution_count, "payload": [], "user_expressions": {}}
-
-
-def _runtime_dir() -> str:
-    path = Path(jupyter_runtime_dir())
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)

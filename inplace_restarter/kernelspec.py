@@ -71,6 +71,28 @@ def original_argv(spec: dict) -> list[str] | None:
     return list(argv) if argv else None
 
 
+def inner_spec_fields(resource_dir: str | Path | None, argv: list[str] | None = None) -> dict:
+    """The kernel.json fields of the kernel behind the proxy, as before install.
+
+    ``argv``, when given, replaces the saved original argv.
+    """
+    spec = read_kernel_json(resource_dir) if resource_dir else {}
+    if argv:
+        spec = {**spec, "argv": list(argv)}
+    elif original_argv(spec):
+        spec = unwrapped(spec)
+    else:
+        where = resource_dir or "no --resource-dir was given, so there"
+        raise SpecError(
+            f"No inner kernel to start: {where} has no saved original argv; run "
+            "'python -m inplace_restarter install NAME' on the spec, or give the argv after '--'"
+        )
+    spec.pop(LEGACY_ARGV_KEY, None)
+    if isinstance(spec.get("metadata"), dict):
+        spec["metadata"] = {k: v for k, v in spec["metadata"].items() if k != METADATA_KEY}
+    return spec
+
+
 def is_legacy(spec: dict) -> bool:
     """Whether inplace_restarter 0.1.0 rewrote this spec (install migrates it)."""
     argv = spec.get("argv")

@@ -77,6 +77,7 @@ class Relay:
         #: comm_id -> target_name of the comms open in this inner kernel
         self.comms: dict[str, str] = {}
         self._input_request: dict | None = None
+        self._subscribed = asyncio.Event()
         self._tasks = [
             asyncio.ensure_future(self._pump_iopub()),
             asyncio.ensure_future(self._pump_replies(client.shell_channel.socket)),
@@ -148,23 +149,30 @@ class Relay:
             raise InnerKernelDied(self.exited.result() if self.exited.done() else None)
 
     async def wait_ready(self, timeout: float) -> dict:
-        """Ask kernel_info until both the reply and its iopub status come back.
+        """Ask kernel_info until the reply is in and iopub is known to be subscribed.
 
-        The idle status proves that iopub is subscribed, so no output of the
-        first real request can be lost to zmq's slow-joiner window.
+        Any iopub message proves the subscription (ipykernel 7 greets each
+        subscriber with ``iopub_welcome``; older kernels' status of the request
+        will do), so no output of the first real request can be lost to zmq's
+        slow-joiner window.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        subscribed = asyncio.ensure_future(self._subscribed.wait())
         while True:
             msg = self.session.msg("kernel_info_request", {})
             pending = self.send(msg, [])
             try:
                 await asyncio.wait_for(self._until(pending.reply), max(0.1, min(2.0, deadline - loop.time())))
-                await asyncio.wait_for(self._until(pending.idle), 0.5)
+                await asyncio.wait_for(asyncio.shield(subscribed), 0.2)
                 return pending.reply.result()["content"]
             except asyncio.TimeoutError:
                 if loop.time() > deadline:
+                    subscribed.cancel()
                     raise TimeoutError(f"the kernel did not answer kernel_info within {timeout:g} s") from None
+            except BaseException:
+                subscribed.cancel()
+                raise
             finally:
                 self.pending.pop(msg["header"]["msg_id"], None)
 
@@ -194,6 +202,7 @@ class Relay:
             except Exception:
                 self.log.warning("Dropped a malformed iopub message from the inner kernel", exc_info=True)
                 continue
+            self._subscribed.set()
             msg_type = msg["header"]["msg_type"]
             parent = msg["parent_header"]
             pending = self.pending.get(parent.get("msg_id"))

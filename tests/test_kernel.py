@@ -96,6 +96,7 @@ def test_twenty_restarts_leave_no_extra_processes_or_open_files(proxy):
     km, kc = proxy
     proxy_process = psutil.Process(km.provisioner.pid)
     execute(kc, "%restart")
+    time.sleep(1)  # the first incarnations' sockets settle
     files, children = proxy_process.num_fds(), len(proxy_process.children(recursive=True))
     for _ in range(20):
         reply, _ = execute(kc, "%restart")

@@ -100,7 +100,7 @@ def test_interrupt_button_stops_a_sleeping_cell_after_restart(lab_notebook):
     expect(nb.output(2)).to_have_text("still here")
 
 
-def test_slider_displayed_after_restart_is_bound_to_the_new_kernel(lab_notebook):
+def test_old_slider_goes_away_and_a_new_one_is_bound_to_the_new_kernel(lab_notebook):
     nb = lab_notebook(
         [
             "import ipywidgets\nold = ipywidgets.IntSlider(value=7)\nold",
@@ -114,6 +114,8 @@ def test_slider_displayed_after_restart_is_bound_to_the_new_kernel(lab_notebook)
 
     nb.run(1)
     expect(nb.output(1)).to_contain_text(RESTART_MESSAGE)
+    # its comm was closed with the old kernel: Lab removes the view instead of keeping a dead slider
+    expect(nb.output(0).locator(".widget-slider")).to_have_count(0)
 
     nb.run(2)
     handle = nb.output(2).locator(".widget-slider .noUi-handle")
