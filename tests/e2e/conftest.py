@@ -212,6 +212,7 @@ def browser_page(tmp_path):
     """A page in headless Debian Chromium with a fresh profile, closed after the test."""
     from playwright.sync_api import sync_playwright
 
+    before = {p.pid for p in descendants(os.getpid())}
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),
@@ -220,12 +221,15 @@ def browser_page(tmp_path):
             args=CHROMIUM_ARGS,
             viewport={"width": 1200, "height": 800},
         )
+        # Playwright's driver and Chromium, started just now (a server's kernels come later)
+        started = [p for p in descendants(os.getpid()) if p.pid not in before]
         try:
             page = context.new_page()
             page.set_default_timeout(30_000)
             yield page
         finally:
             context.close()
+    processes_gone(started, "the browser")
 
 
 class NotebookPage:

@@ -108,6 +108,7 @@ def test_console_restarts_in_place_interrupts_and_exits(console):
 
     out = console.run("x")
     assert "NameError" in out, out
+    assert "Cell In[1]" in out, "the first cell after %restart is not the new kernel's first"
     out = console.run("import os; os.getpid()")
     new_pid = int(re.search(r"Out\[\d+\]: (\d+)", out).group(1))
     assert new_pid != old_pid
