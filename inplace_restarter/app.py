@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ipykernel.kernelapp import IPKernelApp, kernel_aliases
+from ipykernel.kernelapp import IPKernelApp, kernel_aliases, kernel_flags
 from traitlets import Any, List, Type, Unicode
 
 from . import kernelspec
@@ -40,6 +40,10 @@ python -m inplace_restarter list|install|remove|wizard --help"""
     prelaunched = Any(None, help="(manager, runtime folder) of an inner kernel launched before the app.")
 
     aliases = {**kernel_aliases, "resource-dir": "ProxyKernelApp.resource_dir"}
+    flags = {
+        **kernel_flags,
+        "standby": ({"ProxyKernel": {"standby": True}}, "Keep a spare kernel started, for a %restart at once."),
+    }
 
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)

@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import typing as t
 import uuid
 from pathlib import Path
 
@@ -114,6 +115,9 @@ def prelaunch(argv: list[str]) -> tuple[AsyncKernelManager, Path] | None:
 class InnerKernel(LoggingConfigurable):
     """One run of the real kernel, reached on loopback with a private key."""
 
+    #: every incarnation not yet closed, so that none outlives the proxy
+    live: t.ClassVar[set[InnerKernel]] = set()
+
     startup_timeout = Float(
         60.0, config=True, help="Seconds the inner kernel may take to answer kernel_info after launch."
     )
@@ -129,6 +133,7 @@ class InnerKernel(LoggingConfigurable):
         super().__init__(**kwargs)
         self.proxy = proxy
         self.manager = manager or new_manager(spec, runtime_dir, parent=self, log=self.log)
+        InnerKernel.live.add(self)
         self.relay: Relay | None = None
         self.kernel_info: dict = {}
         self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -207,8 +212,14 @@ class InnerKernel(LoggingConfigurable):
         except ProcessLookupError:
             pass
 
+    @classmethod
+    def kill_all(cls) -> None:
+        for inner in list(cls.live):
+            inner.kill()
+
     def close(self) -> None:
         """Stop relaying and remove the connection file."""
+        InnerKernel.live.discard(self)
         if self.relay is not None:
             self.relay.close()
             self.relay = None

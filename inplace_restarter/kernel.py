@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ipykernel.kernelbase import Kernel
 from jupyter_client.kernelspec import KernelSpec
-from traitlets import Instance
+from traitlets import Bool, Instance
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
@@ -29,13 +29,16 @@ from .relay import InnerKernelDied, describe_exit
 from .rescue import RescuePolicy
 
 RESTART_HELP = """\
-%restart [--help]
+%restart [--cold] [--help]
 
 Restart the kernel behind this notebook in place: the kernel process is shut
 down and started again with the same command, environment and working
 directory, while the notebook stays connected to the same kernel (and a batch
 job keeps its allocation).  All variables are lost, as with a normal restart.
 Lines after %restart in the same cell run in the new kernel.
+
+With a standby kernel (the proxy's --standby option) %restart swaps to the
+spare at once; --cold starts a new kernel instead, e.g. after a pip install.
 """
 
 #: kernel_info supported_features that work through the proxy.
@@ -72,6 +75,14 @@ class ProxyKernel(Kernel):
 
     inner_spec = Instance(KernelSpec, help="The spec of the kernel behind the proxy.")
 
+    standby = Bool(
+        False,
+        config=True,
+        help="Keep a spare inner kernel started and idle, so that %restart swaps to it at once. "
+        "Costs the memory of a second kernel; a spare started before a change to the environment "
+        "(a pip install) may not see it: %restart --cold starts a new kernel instead.",
+    )
+
     def __init__(self, **kwargs: t.Any):
         super().__init__(**kwargs)
         self.inner: InnerKernel | None = None
@@ -86,6 +97,10 @@ class ProxyKernel(Kernel):
         self._stopping = False
         self._first_manager = None
         self._runtime_dir: Path | None = None
+        #: the spare kernel being started or waiting, with standby
+        self._spare: asyncio.Task | None = None
+        #: old kernels shutting down in the background after a swap to the spare
+        self._retiring: set[asyncio.Task] = set()
         atexit.register(self._cleanup)
 
     def adopt(self, manager, runtime_dir: Path) -> None:
@@ -144,6 +159,8 @@ class ProxyKernel(Kernel):
         self._ready.set()
         self._loop.create_task(self._watch(inner))
         self.log.info("Inner kernel %s is ready", inner.pid)
+        if self.standby and self._spare is None and not self._stopping:
+            self._spare = self._loop.create_task(self._new_inner())
 
     async def _watch(self, inner: InnerKernel) -> None:
         """Notice the moment the inner kernel dies, even while nothing runs."""
@@ -160,8 +177,7 @@ class ProxyKernel(Kernel):
     def _cleanup(self) -> None:
         """Last resort at exit: nothing the proxy started may outlive it."""
         self._stopping = True
-        if self.inner is not None:
-            self.inner.kill()
+        InnerKernel.kill_all()
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
@@ -171,8 +187,10 @@ class ProxyKernel(Kernel):
 
     async def _shutdown_inner(self) -> None:
         self._stopping = True
-        if self.inner is not None:
-            await self.inner.shutdown()
+        spare = await self._take_spare()
+        await asyncio.gather(
+            *(inner.shutdown() for inner in (self.inner, spare) if inner is not None), *self._retiring
+        )
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
@@ -445,12 +463,12 @@ class ProxyKernel(Kernel):
         if options in (["--help"], ["-h"]):
             self._print(RESTART_HELP, parent)
             return self._ok(count)
-        if options:
+        if options not in ([], ["--cold"]):
             return self._error_reply(
                 parent, "UsageError", f"%restart takes no option {' '.join(options)!r}; see %restart --help"
             )["content"]
         try:
-            await self.restart_in_place(parent)
+            await self.restart_in_place(parent, cold=options == ["--cold"])
         except Exception as e:
             return self._error_reply(parent, "RestartError", f"The kernel did not restart: {e}")["content"]
         if rest.strip():
@@ -463,29 +481,40 @@ class ProxyKernel(Kernel):
         self.execution_count = reply.get("execution_count", self.execution_count)
         return reply
 
-    async def restart_in_place(self, parent: dict | None) -> None:
+    async def restart_in_place(self, parent: dict | None, cold: bool = False) -> None:
         """Replace the inner kernel with a new one; the client stays connected.
 
         The old kernel shuts down while the new one starts.  The client is
         told what a restart means for it: the old kernel's comms are closed,
         and the kernel reports ``starting`` (never ``restarting``, which
         JupyterLab takes for a dead kernel restarted by the server).  The
-        cell ``parent`` is told how long it took.
+        cell ``parent`` is told how long it took.  With standby the spare
+        takes over at once, unless ``cold``, and the old kernel shuts down in
+        the background.
         """
         started = time.monotonic()
         old, self.inner = self.inner, None
         self._ready.clear()
         if old is not None and old.relay is not None:
             self._close_comms(old.relay.comms)
-        results = await asyncio.gather(
-            old.shutdown() if old is not None else asyncio.sleep(0),
-            self._new_inner(),
-            return_exceptions=True,
-        )
-        new = results[1]
-        if isinstance(new, BaseException):
-            self._ready.set()
-            raise new
+        spare = await self._take_spare()
+        if spare is not None and cold:
+            self._retire(spare)
+            spare = None
+        if spare is not None:
+            new = spare
+            if old is not None:
+                self._retire(old)
+        else:
+            results = await asyncio.gather(
+                old.shutdown() if old is not None else asyncio.sleep(0),
+                self._new_inner(),
+                return_exceptions=True,
+            )
+            new = results[1]
+            if isinstance(new, BaseException):
+                self._ready.set()
+                raise new
         self.execution_count = 0
         self.session.send(
             self.iopub_socket, "status", {"execution_state": "starting"}, parent={}, ident=self._topic("status")
@@ -493,6 +522,26 @@ class ProxyKernel(Kernel):
         if parent is not None:
             self._print(f"Restarted the kernel in place in {time.monotonic() - started:.1f} s\n", parent)
         self._use(new)
+
+    async def _take_spare(self) -> InnerKernel | None:
+        """The spare kernel, once started, if there is a live one."""
+        task, self._spare = self._spare, None
+        if task is None:
+            return None
+        try:
+            spare = await task
+        except Exception as e:
+            self.log.warning("The spare kernel did not start: %s", e)
+            return None
+        if spare.exited.done():
+            spare.close()
+            return None
+        return spare
+
+    def _retire(self, inner: InnerKernel) -> None:
+        task = self._loop.create_task(inner.shutdown())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _close_comms(self, comms: dict[str, str]) -> None:
         parent = self.get_parent("shell")

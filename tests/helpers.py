@@ -66,11 +66,23 @@ def descendants_of(pid: int | None) -> list[psutil.Process]:
         return []
 
 
+def inner_pids(km) -> set[int]:
+    """The pids of the live kernels behind the proxy that ``km`` started."""
+    pids = set()
+    for proc in descendants_of(km.provisioner.pid):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and "ipykernel_launcher" in " ".join(proc.cmdline()):
+                pids.add(proc.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
 def inner_pid(km) -> int:
-    """The pid of the kernel behind the proxy that ``km`` started."""
-    children = [p for p in descendants_of(km.provisioner.pid) if "ipykernel_launcher" in " ".join(p.cmdline())]
-    assert len(children) == 1, children
-    return children[0].pid
+    """The pid of the one kernel behind the proxy that ``km`` started."""
+    pids = inner_pids(km)
+    assert len(pids) == 1, pids
+    return pids.pop()
 
 
 def execute(kc, code: str, timeout: float = 30, **kwargs) -> tuple[dict, list[dict]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import time
 
 import psutil
@@ -9,7 +10,7 @@ import pytest
 
 from inplace_restarter.kernel import parse_restart
 
-from .helpers import execute, inner_pid, running, stdout_of
+from .helpers import execute, inner_pid, inner_pids, proxied, reply_to, running, stdout_of, write_spec
 
 
 @pytest.mark.parametrize(
@@ -161,3 +162,58 @@ def test_malformed_and_wrongly_signed_messages_are_dropped_and_the_kernel_keeps_
     assert reply["content"]["status"] == "ok"
     assert stdout_of(outputs) == "still serving\n"
     assert kc.kernel_info(reply=True, timeout=10)["content"]["status"] == "ok"
+
+
+def wait_for_inner_count(km, count: int, seconds: float = 20) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while len(pids := inner_pids(km)) != count:
+        assert time.monotonic() < deadline, f"{pids} after {seconds} s"
+        time.sleep(0.1)
+    return pids
+
+
+@pytest.mark.timeout(120)
+def test_with_standby_restart_swaps_to_the_spare_and_cold_starts_anew(kernels_dir):
+    spec = proxied()
+    spec["argv"].append("--standby")
+    write_spec(kernels_dir, "standby", spec)
+    with running("standby") as (km, kc):
+        execute(kc, "x = 1")
+        current = inner_pid_of(kc)
+        spare = (wait_for_inner_count(km, 2) - {current}).pop()
+
+        reply, outputs = execute(kc, "%restart\nprint('x' in globals())")
+        assert stdout_of(outputs).startswith("Restarted the kernel in place in")
+        assert stdout_of(outputs).endswith("False\n")
+        assert inner_pid_of(kc) == spare
+        before_cold = wait_for_inner_count(km, 2)
+
+        reply, outputs = execute(kc, "%restart --cold")
+        assert reply["content"]["status"] == "ok"
+        assert inner_pid_of(kc) not in before_cold
+        wait_for_inner_count(km, 2)
+        km.shutdown_kernel()
+        assert not inner_pids(km) or wait_for_inner_count(km, 0, 3) == set()
+
+
+def inner_pid_of(kc) -> int:
+    _, outputs = execute(kc, "import os; print(os.getpid())")
+    return int(stdout_of(outputs))
+
+
+def test_the_inner_kernels_own_life_is_not_relayed(proxy):
+    _, kc = proxy
+    execute(kc, "pass")
+    msg_id = kc.execute("%restart")
+    reply_to(kc, msg_id, timeout=30)
+    seen = []
+    while True:
+        try:
+            seen.append(kc.get_iopub_msg(timeout=1))
+        except queue.Empty:
+            break
+    summary = [(m["msg_type"], m["content"].get("execution_state"), m["parent_header"].get("msg_type")) for m in seen]
+    assert not {"iopub_welcome", "shutdown_reply"} & {m["msg_type"] for m in seen}, summary
+    starting = [m for m in seen if m["msg_type"] == "status" and m["content"]["execution_state"] == "starting"]
+    assert len(starting) == 1 and starting[0]["parent_header"] == {}, summary
+    assert all(m["parent_header"].get("msg_id") == msg_id for m in seen if m is not starting[0]), summary
