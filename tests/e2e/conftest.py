@@ -287,5 +287,8 @@ def open_notebook(page, server: JupyterServer, url_prefix: str, sources: list[st
     except PlaywrightTimeoutError:
         kernel = page.locator(".jp-Toolbar-kernelName").all_inner_texts()
         state = notebook.status.get_attribute("data-status")
-        pytest.fail(f"the notebook's kernel was not ready in 60 s: kernel {kernel}, status {state!r}")
+        pytest.fail(
+            f"the notebook's kernel was not ready in 60 s: kernel {kernel}, status {state!r}\n"
+            f"server log:\n{server.log()[-3000:]}"
+        )
     return notebook
