@@ -1,0 +1,636 @@
+"""Side-by-side benchmark: the same kernel used directly and through the proxy.
+
+    python bench/run.py            # the full run (about 10-15 minutes on 2 cores)
+    python bench/run.py --quick    # a smoke run (about 2 minutes)
+
+Everything runs in ONE process, with both kernels measured interleaved
+(alternating which goes first), because on a small noisy machine only kernels
+measured side by side give stable ratios.  Kernelspecs, connection files and
+IPython profiles live in a temporary folder (JUPYTER_PATH and friends point
+there), never the user's; every process started is killed in ``finally``.
+
+The client is a lean synchronous zmq client (jupyter_client's Session for
+signing, raw DEALER/SUB sockets, a zmq poller), so that the client's own cost
+is as small as possible and the same for both kernels.
+
+It is a benchmark, not a test: it asserts nothing about timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import zmq
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+IPYKERNEL_ARGV = [PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+MiB = 1024 * 1024
+
+
+# -- the temporary Jupyter world ------------------------------------------------
+
+
+def private_jupyter(root: Path, proxy_path: Path) -> None:
+    """Point every Jupyter and IPython folder at ``root``; write the two specs."""
+    dirs = {
+        "JUPYTER_PATH": root / "path",
+        "JUPYTER_DATA_DIR": root / "data",
+        "JUPYTER_RUNTIME_DIR": root / "runtime",
+        "JUPYTER_CONFIG_DIR": root / "config",
+        "IPYTHONDIR": root / "ipython",
+    }
+    for name, path in dirs.items():
+        path.mkdir(parents=True)
+        os.environ[name] = str(path)
+    os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
+    os.environ.pop("JUPYTER_CONFIG_PATH", None)
+    # The proxy imported by the kernel processes is the one in the working tree
+    # (or --proxy-path), not whatever copy is installed.
+    (root / "cwd").mkdir()
+    KERNEL_LOG["cwd"] = str(root / "cwd")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(proxy_path), *filter(None, [os.environ.get("PYTHONPATH")])])
+    kernels = dirs["JUPYTER_PATH"] / "kernels"
+    specs = {
+        "direct": {"argv": IPYKERNEL_ARGV, "display_name": "direct", "language": "python"},
+        "proxied": {
+            "argv": [PYTHON, "-m", "inplace_restarter", "-f", "{connection_file}", "--resource-dir={resource_dir}"],
+            "display_name": "proxied",
+            "language": "python",
+            "metadata": {"inplace_restarter": {"original_argv": IPYKERNEL_ARGV}},
+        },
+    }
+    for name, spec in specs.items():
+        (kernels / name).mkdir(parents=True)
+        (kernels / name / "kernel.json").write_text(json.dumps(spec, indent=1))
+
+
+# -- a lean client ------------------------------------------------------------------
+
+
+class Lean:
+    """A synchronous client on raw zmq sockets: shell, iopub (and control)."""
+
+    def __init__(self, km):
+        self.km = km
+        self.session = km.session
+        self.shell = km.connect_shell()
+        self.iopub = km.connect_iopub()
+        self.poller = zmq.Poller()
+        self.poller.register(self.shell, zmq.POLLIN)
+        self.poller.register(self.iopub, zmq.POLLIN)
+
+    def close(self) -> None:
+        for s in (self.shell, self.iopub):
+            s.close(linger=0)
+
+    def _recv(self, socket, content: bool = True) -> dict:
+        frames = socket.recv_multipart(copy=False)
+        _, frames = self.session.feed_identities(frames, copy=False)
+        return self.session.deserialize(frames, content=content, copy=False)
+
+    def request(self, msg_type: str, content: dict, timeout: float = 120, wait_idle: bool = True, count=None) -> dict:
+        """Send; return the reply once it and (with wait_idle) the idle status are in.
+
+        ``count``: a list whose first item grows by the bytes of stdout received.
+        """
+        msg = self.session.send(self.shell, msg_type, content)
+        msg_id = msg["header"]["msg_id"]
+        reply = None
+        idle = not wait_idle
+        deadline = time.monotonic() + timeout
+        while reply is None or not idle:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{msg_type}: no {'reply' if reply is None else 'idle'} within {timeout} s")
+            events = dict(self.poller.poll(left * 1000))
+            if self.shell in events:
+                m = self._recv(self.shell)
+                if m["parent_header"].get("msg_id") == msg_id:
+                    reply = m
+            if self.iopub in events:
+                while True:
+                    try:
+                        frames = self.iopub.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    _, frames = self.session.feed_identities(frames, copy=False)
+                    m = self.session.deserialize(frames, content=False, copy=False)
+                    if m["parent_header"].get("msg_id") != msg_id:
+                        continue
+                    t = m["header"]["msg_type"]
+                    if t == "status":
+                        if self.session.unpack(m["content"])["execution_state"] == "idle":
+                            idle = True
+                    elif t == "stream" and count is not None:
+                        c = self.session.unpack(m["content"])
+                        if c["name"] == "stdout":
+                            count[0] += len(c["text"].encode())
+        return reply
+
+    def execute(self, code: str, **kwargs) -> dict:
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False}
+        reply = self.request("execute_request", content, **kwargs)
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"{code!r} failed: {reply['content']}")
+        return reply
+
+    def wait_iopub(self, timeout: float = 60) -> None:
+        """Until kernel_info's idle comes back on iopub: iopub is subscribed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.request("kernel_info_request", {}, timeout=1.0)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+
+
+# -- kernels --------------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    name: str
+    km: object
+    client: Lean
+    started: list = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.km.provisioner.pid
+
+
+def tree(pid: int | None) -> list[psutil.Process]:
+    if pid is None:
+        return []
+    try:
+        p = psutil.Process(pid)
+        return [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+#: where the kernels' own stdout and stderr go (their logs, not cell output), and
+#: their working directory: not the repo, whose inplace_restarter would otherwise
+#: shadow --proxy-path (python -m puts the working directory first on sys.path)
+KERNEL_LOG = {"file": None, "cwd": None}
+
+
+def launch(km) -> None:
+    out = KERNEL_LOG["file"]
+    km.start_kernel(stdout=out, stderr=out, cwd=KERNEL_LOG["cwd"])
+
+
+def start(name: str) -> Running:
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name=name)
+    launch(km)
+    return Running(name, km, Lean(km))
+
+
+def stop(k: Running | None) -> None:
+    """Shut down and make sure nothing the kernel started is left."""
+    if k is None:
+        return
+    procs = tree(k.pid if k.km.has_kernel else None)
+    with contextlib.suppress(Exception):
+        k.client.close()
+    with contextlib.suppress(Exception):
+        k.km.shutdown_kernel(now=True)
+    kill_all(procs)
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(procs, timeout=5)
+
+
+def first_reply(km) -> float:
+    """From launch of ``km``'s kernel to the reply of its first execute request."""
+    t0 = time.perf_counter()
+    launch(km)
+    shell = km.connect_shell()
+    try:
+        km.session.send(shell, "execute_request", {"code": "", "silent": False})
+        if not shell.poll(120_000):
+            raise TimeoutError("no execute reply within 120 s")
+        shell.recv_multipart()
+        return time.perf_counter() - t0
+    finally:
+        shell.close(linger=0)
+
+
+# -- statistics -------------------------------------------------------------------------
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def p95(xs):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
+
+
+def mem(pid: int) -> dict:
+    p = psutil.Process(pid)
+    try:
+        full = p.memory_full_info()
+        return {"rss": full.rss, "pss": getattr(full, "pss", None), "uss": getattr(full, "uss", None)}
+    except psutil.AccessDenied:
+        return {"rss": p.memory_info().rss, "pss": None, "uss": None}
+
+
+def mb(n) -> str:
+    return "n/a" if n is None else f"{n / MiB:.1f} MB"
+
+
+# -- the measurements ---------------------------------------------------------------------
+
+
+def pairs(rep: int, a, b):
+    """Alternate which of the two goes first, rep by rep."""
+    return (a, b) if rep % 2 == 0 else (b, a)
+
+
+def bench_roundtrip(direct: Running, proxied: Running, batches: int, per_batch: int, log) -> dict:
+    samples = {"direct": [], "proxied": []}
+    batch_ratios = []
+    for k in (direct, proxied):  # warm both
+        for _ in range(50):
+            k.client.execute("")
+    for rep in range(batches):
+        medians = {}
+        for k in pairs(rep, direct, proxied):
+            ts = []
+            for _ in range(per_batch):
+                t0 = time.perf_counter()
+                k.client.execute("")
+                ts.append(time.perf_counter() - t0)
+            samples[k.name] += ts
+            medians[k.name] = median(ts)
+        batch_ratios.append(medians["proxied"] / medians["direct"])
+    out = {n: {"median": median(s), "p95": p95(s), "n": len(s)} for n, s in samples.items()}
+    out["ratio_median"] = out["proxied"]["median"] / out["direct"]["median"]
+    out["ratio_p95"] = out["proxied"]["p95"] / out["direct"]["p95"]
+    out["batch_ratios"] = batch_ratios
+    log(
+        f"round trip: direct {out['direct']['median'] * 1e3:.3f} ms, proxied {out['proxied']['median'] * 1e3:.3f} ms"
+        f" (x{out['ratio_median']:.2f}; per-batch ratios {min(batch_ratios):.2f}..{max(batch_ratios):.2f})"
+    )
+    return out
+
+
+def bench_throughput(direct: Running, proxied: Running, total_mb: int, reps: int, log) -> dict:
+    lines = total_mb * 1024
+    expected = lines * 1024
+    code = f"for _ in range({lines}):\n    print({'x' * 1023!r})"
+    res = {"direct": [], "proxied": []}
+    lost = {"direct": 0, "proxied": 0}
+    for rep in range(reps):
+        for k in pairs(rep, direct, proxied):
+            count = [0]
+            t0 = time.perf_counter()
+            k.client.execute(code, count=count, timeout=900)
+            dt = time.perf_counter() - t0
+            res[k.name].append(expected / MiB / dt)
+            lost[k.name] += expected - count[0]
+            log(f"throughput {k.name}: {expected / MiB / dt:.1f} MB/s, received {count[0]} of {expected} bytes")
+    out = {n: {"mbps": median(v), "all": v} for n, v in res.items()}
+    out["ratio"] = out["proxied"]["mbps"] / out["direct"]["mbps"]
+    out["lost"] = lost
+    out["bytes"] = expected
+    return out
+
+
+def cold_start(name: str) -> float:
+    """Launch kernel ``name``, time it to its first execute reply, shut it down."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name=name)
+    try:
+        return first_reply(km)
+    finally:
+        procs = tree(km.provisioner.pid if km.has_kernel else None)
+        with contextlib.suppress(Exception):
+            km.shutdown_kernel(now=True)
+        kill_all(procs)
+
+
+def bench_startup(reps: int, log) -> dict:
+    res = {"direct": [], "proxied": []}
+    for rep in range(reps):
+        for name in pairs(rep, "direct", "proxied"):
+            res[name].append(cold_start(name))
+            log(f"startup {name}: {res[name][-1]:.3f} s")
+    out = {n: {"median": median(v), "all": v} for n, v in res.items()}
+    out["ratio"] = out["proxied"]["median"] / out["direct"]["median"]
+    return out
+
+
+def bench_restart(proxied: Running, reps: int, log) -> dict:
+    """%restart, a cold start of the same kernel, and KernelManager.restart_kernel, interleaved."""
+    res = {"%restart": [], "cold start": [], "restart_kernel": []}
+    direct = start("direct")
+    try:
+        direct.client.wait_iopub()
+        for rep in range(reps):
+            order = ["%restart", "cold start", "restart_kernel"]
+            order = order[rep % 3 :] + order[: rep % 3]
+            for what in order:
+                if what == "%restart":
+                    t0 = time.perf_counter()
+                    proxied.client.execute("%restart")
+                    proxied.client.execute("", wait_idle=False)
+                    res[what].append(time.perf_counter() - t0)
+                elif what == "cold start":
+                    res[what].append(cold_start("direct"))
+                else:
+                    direct.client.close()
+                    t0 = time.perf_counter()
+                    direct.km.restart_kernel()
+                    direct.client = Lean(direct.km)
+                    direct.client.execute("", wait_idle=False)
+                    res[what].append(time.perf_counter() - t0)
+                log(f"restart {what}: {res[what][-1]:.3f} s")
+    finally:
+        stop(direct)
+    out = {n: {"median": median(v), "all": v} for n, v in res.items()}
+    out["ratio_cold"] = out["%restart"]["median"] / out["cold start"]["median"]
+    out["ratio_restart_kernel"] = out["%restart"]["median"] / out["restart_kernel"]["median"]
+    return out
+
+
+def inner_of(proxied: Running) -> psutil.Process:
+    kids = [p for p in tree(proxied.pid)[1:] if "ipykernel_launcher" in " ".join(p.cmdline())]
+    if len(kids) != 1:
+        raise RuntimeError(f"expected one inner kernel, found {kids}")
+    return kids[0]
+
+
+def bench_memory(direct: Running, proxied: Running) -> dict:
+    for k in (direct, proxied):
+        for _ in range(20):
+            k.client.execute("")
+    out = {
+        "proxy": mem(proxied.pid),
+        "inner": mem(inner_of(proxied).pid),
+        "direct": mem(direct.pid),
+    }
+    out["ratio_rss"] = out["proxy"]["rss"] / out["inner"]["rss"]
+    if out["proxy"]["pss"] is not None:
+        out["ratio_pss"] = out["proxy"]["pss"] / out["inner"]["pss"]
+        out["ratio_uss"] = out["proxy"]["uss"] / out["inner"]["uss"]
+    return out
+
+
+def bench_endurance(proxied: Running, restarts: int, log) -> dict:
+    proxy = psutil.Process(proxied.pid)
+    warmup = min(5, restarts // 4)
+    before = {"rss": proxy.memory_info().rss, "fds": proxy.num_fds(), "threads": proxy.num_threads()}
+    inner_pids = {inner_of(proxied).pid}
+    after_warmup = None
+    t0 = time.perf_counter()
+    for i in range(restarts):
+        if i == warmup:
+            after_warmup = {"rss": proxy.memory_info().rss, "fds": proxy.num_fds()}
+        proxied.client.execute("%restart")
+        inner_pids.add(inner_of(proxied).pid)
+        if (i + 1) % 50 == 0:
+            log(f"endurance: {i + 1} restarts, proxy RSS {mb(proxy.memory_info().rss)}, fds {proxy.num_fds()}")
+    elapsed = time.perf_counter() - t0
+    proxied.client.execute("")
+    time.sleep(1.0)  # the last old kernel is reaped in the background
+    after = {"rss": proxy.memory_info().rss, "fds": proxy.num_fds(), "threads": proxy.num_threads()}
+    children = proxy.children(recursive=True)
+    alive_old = []
+    current = inner_of(proxied).pid
+    for pid in inner_pids - {current}:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p = psutil.Process(pid)
+            alive_old.append(f"{pid}:{p.status()}")
+    return {
+        "restarts": restarts,
+        "seconds": elapsed,
+        "before": before,
+        "after_warmup": after_warmup or before,
+        "after": after,
+        "growth": after["rss"] - before["rss"],
+        "growth_after_warmup": after["rss"] - (after_warmup or before)["rss"],
+        "children": len(children),
+        "old_kernels_alive": alive_old,
+    }
+
+
+def leftovers(root: Path) -> list[str]:
+    """Processes whose command line names our temporary folder: ours, left behind."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if p.pid != os.getpid() and str(root) in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+    return found
+
+
+# -- the machine and the table -------------------------------------------------------------------
+
+
+def machine() -> dict:
+    import ipykernel
+    import jupyter_client
+
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "ipykernel": ipykernel.__version__,
+        "jupyter_client": jupyter_client.__version__,
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+    }
+
+
+def table(r: dict, m: dict, args) -> str:
+    rows = []
+
+    def row(what, direct, proxied, ratio, target):
+        rows.append(f"| {what} | {direct} | {proxied} | {ratio} | {target} |")
+
+    def ms(x):
+        return f"{x * 1e3:.3f} ms"
+
+    def s(x):
+        return f"{x:.3f} s"
+
+    if "roundtrip" in r:
+        rt = r["roundtrip"]
+        n = rt["direct"]["n"]
+        row(f"round trip, empty cell, median (n={n} each)", ms(rt["direct"]["median"]), ms(rt["proxied"]["median"]), f"{rt['ratio_median']:.2f}x", "<= 1.15x")
+        row("round trip, empty cell, p95", ms(rt["direct"]["p95"]), ms(rt["proxied"]["p95"]), f"{rt['ratio_p95']:.2f}x", "")
+        br = sorted(rt["batch_ratios"])
+        row(f"round trip, per-batch median ratio ({len(br)} batches)", "", "", f"{median(br):.2f}x ({br[0]:.2f}..{br[-1]:.2f})", "")
+    if "throughput" in r:
+        tp = r["throughput"]
+        mbytes = tp["bytes"] / MiB
+        row(f"output throughput, {mbytes:g} MB in 1 KiB lines", f"{tp['direct']['mbps']:.1f} MB/s", f"{tp['proxied']['mbps']:.1f} MB/s", f"{tp['ratio']:.2f}x", ">= 0.9x")
+        row("output bytes lost (all reps)", str(tp["lost"]["direct"]), str(tp["lost"]["proxied"]), "", "0")
+        ra = tp.get("rss_after")
+        if ra:
+            row("RSS after the output cells: direct kernel / proxy (inner kernel)", mb(ra["direct"]), f"{mb(ra['proxy'])} ({mb(ra['inner'])})", "", "")
+    if "startup" in r:
+        st = r["startup"]
+        row(f"startup, launch to first execute reply (n={len(st['direct']['all'])})", s(st["direct"]["median"]), s(st["proxied"]["median"]), f"{st['ratio']:.2f}x", "<= 1.3x")
+    if "restart" in r:
+        rs = r["restart"]
+        n = len(rs["%restart"]["all"])
+        row(f"restart until the kernel answers (n={n}): cold start vs %restart", s(rs["cold start"]["median"]), s(rs["%restart"]["median"]), f"{rs['ratio_cold']:.2f}x", "<= 1.1x")
+        row("restart: KernelManager.restart_kernel vs %restart", s(rs["restart_kernel"]["median"]), s(rs["%restart"]["median"]), f"{rs['ratio_restart_kernel']:.2f}x", "< 1x")
+    if "memory" in r:
+        me = r["memory"]
+        row("memory RSS: inner kernel vs proxy", mb(me["inner"]["rss"]), mb(me["proxy"]["rss"]), f"{me['ratio_rss']:.2f}x", "<= 0.8x")
+        if "ratio_pss" in me:
+            row("memory PSS: inner kernel vs proxy", mb(me["inner"]["pss"]), mb(me["proxy"]["pss"]), f"{me['ratio_pss']:.2f}x", "")
+            row("memory USS: inner kernel vs proxy", mb(me["inner"]["uss"]), mb(me["proxy"]["uss"]), f"{me['ratio_uss']:.2f}x", "")
+        row("memory RSS of the direct kernel (for scale)", mb(me["direct"]["rss"]), "", "", "")
+    if "endurance" in r:
+        en = r["endurance"]
+        row(
+            f"endurance: {en['restarts']} %restarts ({en['seconds']:.0f} s): proxy RSS growth",
+            "",
+            f"{en['growth'] / MiB:+.1f} MB ({en['growth_after_warmup'] / MiB:+.1f} MB after warm-up)",
+            "",
+            "< 5 MB",
+        )
+        row("endurance: proxy open fds before -> after", "", f"{en['before']['fds']} -> {en['after']['fds']}", "", "no growth")
+        row("endurance: proxy threads before -> after", "", f"{en['before']['threads']} -> {en['after']['threads']}", "", "")
+        row("endurance: processes under the proxy / old kernels alive", "", f"{en['children']} / {len(en['old_kernels_alive'])}", "", "1 / 0")
+    if "leftovers" in r:
+        row("processes left after the run", "", str(r["leftovers"]), "", "0")
+    head = ["| measure | direct | proxied | proxied/direct | target |", "| --- | ---: | ---: | ---: | --- |"]
+    mach = "\n".join(f"- {k}: {v}" for k, v in m.items())
+    return "\n".join(head + rows) + "\n\nMachine:\n" + mach + "\n"
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and 10 MB of output: a smoke run")
+    p.add_argument("--only", default="", help="comma-separated subset: roundtrip,throughput,startup,restart,memory,endurance")
+    p.add_argument("--batches", type=int, help="round trip: interleaved batches (default 20, quick 6)")
+    p.add_argument("--per-batch", type=int, help="round trip: executes per batch (default 200, quick 100)")
+    p.add_argument("--mb", type=int, help="throughput: MB printed (default 100, quick 10)")
+    p.add_argument("--tp-reps", type=int, help="throughput: repetitions (default 3, quick 1)")
+    p.add_argument("--startups", type=int, help="startup: repetitions (default 8, quick 3)")
+    p.add_argument("--restarts", type=int, help="restart: repetitions (default 8, quick 3)")
+    p.add_argument("--endurance", type=int, help="endurance: %%restarts in a row (default 200, quick 20)")
+    p.add_argument("--proxy-path", default=str(REPO), help="folder put first on PYTHONPATH for the proxy (default: this repo)")
+    p.add_argument("--kernel-log", help="append the kernels' stdout and stderr to this file (default: discarded)")
+    p.add_argument("--json", help="also write every sample to this JSON file")
+    p.add_argument("--hold", action="store_true", help="print the kernels' pids and wait for Enter before measuring (for profilers)")
+    a = p.parse_args(argv)
+    q = a.quick
+    defaults = dict(batches=(6, 20), per_batch=(100, 200), mb=(10, 100), tp_reps=(1, 3), startups=(3, 8), restarts=(3, 8), endurance=(20, 200))
+    for k, (quick, full) in defaults.items():
+        if getattr(a, k) is None:
+            setattr(a, k, quick if q else full)
+    a.only = set(filter(None, a.only.split(","))) or {"roundtrip", "throughput", "startup", "restart", "memory", "endurance"}
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    root = Path(tempfile.mkdtemp(prefix="inplace-restarter-bench-"))
+    t_start = time.time()
+
+    def log(text):
+        print(f"[{time.time() - t_start:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+    results: dict = {}
+    direct = proxied = None
+    try:
+        private_jupyter(root, Path(args.proxy_path).resolve())
+        KERNEL_LOG["file"] = open(args.kernel_log, "ab") if args.kernel_log else open(os.devnull, "wb")
+        m = machine()
+        log(f"temporary Jupyter folders in {root}; proxy from {args.proxy_path}")
+        if {"roundtrip", "throughput", "memory"} & args.only:
+            direct, proxied = start("direct"), start("proxied")
+            direct.client.wait_iopub()
+            proxied.client.wait_iopub()
+            if args.hold:
+                print(f"direct kernel pid {direct.pid}; proxy pid {proxied.pid}; inner pid {inner_of(proxied).pid}")
+                input("Enter to go on: ")
+            if "memory" in args.only:
+                results["memory"] = bench_memory(direct, proxied)
+                log(f"memory: proxy {mb(results['memory']['proxy']['rss'])}, inner {mb(results['memory']['inner']['rss'])}")
+            if "roundtrip" in args.only:
+                results["roundtrip"] = bench_roundtrip(direct, proxied, args.batches, args.per_batch, log)
+            if "throughput" in args.only:
+                results["throughput"] = bench_throughput(direct, proxied, args.mb, args.tp_reps, log)
+                # what relaying the output left behind in each process
+                results["throughput"]["rss_after"] = {
+                    "direct": mem(direct.pid)["rss"],
+                    "proxy": mem(proxied.pid)["rss"],
+                    "inner": mem(inner_of(proxied).pid)["rss"],
+                }
+            stop(direct)
+            direct = None
+        if "startup" in args.only:
+            results["startup"] = bench_startup(args.startups, log)
+        if {"restart", "endurance"} & args.only:
+            if proxied is None:
+                proxied = start("proxied")
+                proxied.client.wait_iopub()
+            if "restart" in args.only:
+                results["restart"] = bench_restart(proxied, args.restarts, log)
+            if "endurance" in args.only:
+                results["endurance"] = bench_endurance(proxied, args.endurance, log)
+        stop(proxied)
+        proxied = None
+        time.sleep(0.5)
+        left = leftovers(root)
+        results["leftovers"] = len(left)
+        kill_all(left)
+    finally:
+        stop(direct)
+        stop(proxied)
+        kill_all(leftovers(root))
+        shutil.rmtree(root, ignore_errors=True)
+    text = table(results, m, args)
+    print()
+    print(text)
+    print(f"command: python bench/run.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; took {time.time() - t_start:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": m, "results": results}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
