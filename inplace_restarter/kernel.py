@@ -43,6 +43,7 @@ spare at once; --cold starts a new kernel instead, e.g. after a pip install.
 
 #: kernel_info supported_features that work through the proxy.
 FORWARDED_FEATURES = ("debugger",)
+COMM_MSG_TYPES = ("comm_open", "comm_msg", "comm_close")
 
 
 def parse_restart(code: str) -> tuple[list[str], str] | None:
@@ -71,7 +72,9 @@ class ProxyKernel(Kernel):
     banner = "inplace_restarter"
     language_info: dict = {}
 
-    msg_types = [*Kernel.msg_types, "comm_open", "comm_msg", "comm_close"]
+    msg_types = [*Kernel.msg_types, *COMM_MSG_TYPES]
+    # ipykernel sleeps this long after each cell for its own stdout to flush; the proxy has none.
+    _execute_sleep = 0.0
 
     inner_spec = Instance(KernelSpec, help="The spec of the kernel behind the proxy.")
 
@@ -424,15 +427,25 @@ class ProxyKernel(Kernel):
             self._notice = message + "\n"
 
     async def shell_main(self, subshell_id: str | None, msg: list) -> None:
-        """Serve interrupt_request on shell at once, as some clients send it there."""
+        """Order shell messages as a kernel does while the proxy waits on the inner one.
+
+        interrupt_request is served at once, as some clients send it on
+        shell.  ipykernel's base takes comm messages alongside whatever holds
+        the shell; a kernel only does that while a cell runs, so the proxy
+        queues them behind any other request, with a busy and idle each.
+        """
         if self._main_asyncio_lock.locked():
             try:
                 _, frames = self.session.feed_identities(msg, copy=False)
-                header = self.session.deserialize(frames, content=False, copy=False)["header"]
+                msg_type = self.session.deserialize(frames, content=False, copy=False)["header"]["msg_type"]
             except Exception:
-                header = {}
-            if header.get("msg_type") == "interrupt_request":
+                msg_type = None
+            if msg_type == "interrupt_request":
                 await self.dispatch_shell(msg, subshell_id=subshell_id, concurrent=True)
+                return
+            if msg_type in COMM_MSG_TYPES and self._running is None:
+                async with self._main_asyncio_lock:
+                    await self.dispatch_shell(msg, subshell_id=subshell_id)
                 return
         await super().shell_main(subshell_id, msg)
 
@@ -457,13 +470,15 @@ class ProxyKernel(Kernel):
 
     async def _restart_cell(self, code: str, silent: bool, options: list[str], rest: str) -> dict:
         parent = self.get_parent("shell")
-        count = self.execution_count
+        restarts = options in ([], ["--cold"])
+        # The restart cell opens the new kernel's count: the next cell is [1].
+        count = 0 if restarts else self.execution_count
         if not silent:
             Kernel._publish_execute_input(self, code, parent, count)
         if options in (["--help"], ["-h"]):
             self._print(RESTART_HELP, parent)
             return self._ok(count)
-        if options not in ([], ["--cold"]):
+        if not restarts:
             return self._error_reply(
                 parent, "UsageError", f"%restart takes no option {' '.join(options)!r}; see %restart --help"
             )["content"]

@@ -154,3 +154,23 @@ def test_requests_sent_during_a_restart_are_answered_once_after_it(proxy):
     assert "after" in stdout_of(iopub_until_idle(kc, ids[2]))
     with pytest.raises(Exception):
         kc.get_shell_msg(timeout=1)
+
+
+def test_a_burst_of_requests_gets_one_busy_and_one_idle_each_as_from_a_kernel(proxy):
+    """What JupyterLab sends on connect: history, a widget comm, and comm_info, back to back."""
+    _, kc = proxy
+    execute(kc, ECHO_TARGET)
+    ids = {
+        "history": kc.history(hist_access_type="tail", n=10, output=False, raw=True),
+        "comm_open": send(kc, "shell", "comm_open", {"comm_id": "b1", "target_name": "echo", "data": {}}),
+        "comm_msg": send(kc, "shell", "comm_msg", {"comm_id": "b1", "data": {"ping": 1}}),
+        "comm_info": send(kc, "shell", "comm_info_request", {}),
+    }
+    statuses = []
+    while len([s for s in statuses if s[1] == "idle"]) < len(ids):
+        msg = kc.get_iopub_msg(timeout=10)
+        if msg["msg_type"] == "status":
+            statuses.append((msg["parent_header"].get("msg_id"), msg["content"]["execution_state"]))
+    assert statuses == [(msg_id, state) for msg_id in ids.values() for state in ("busy", "idle")]
+    assert reply_to(kc, ids["history"])["msg_type"] == "history_reply"
+    assert reply_to(kc, ids["comm_info"])["content"]["comms"] == {"b1": {"target_name": "echo"}}
