@@ -47,6 +47,9 @@ python -m inplace_restarter list|install|remove|wizard --help"""
 
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
+        # traitlets filters at the handler; at the logger, every log.debug on
+        # the relay path would still build a record.
+        self.log.setLevel(self.log_level)
         if self.extra_args:
             self.inner_argv = self.extra_args
         try:

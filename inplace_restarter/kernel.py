@@ -102,6 +102,12 @@ class ProxyKernel(Kernel):
         self._runtime_dir: Path | None = None
         #: the spare kernel being started or waiting, with standby
         self._spare: asyncio.Task | None = None
+        #: shell messages received so far, each message's number, and the last to abort
+        self._received = 0
+        self._sequence: dict[int, int] = {}
+        self._abort_through = 0
+        #: relays of execute requests answered but whose output may still come
+        self._settling: dict[str, t.Any] = {}
         #: old kernels shutting down in the background after a swap to the spare
         self._retiring: set[asyncio.Task] = set()
         atexit.register(self._cleanup)
@@ -209,7 +215,12 @@ class ProxyKernel(Kernel):
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     async def _forward(self, channel: str = "shell", **options: t.Any) -> dict:
-        """Forward the current request of ``channel`` and return the reply content."""
+        """Forward the current request of ``channel`` and return the reply content.
+
+        With ``wait_idle=False`` the reply goes back to the client while the
+        inner kernel still flushes its output; :meth:`execute_request` then
+        waits for that before the proxy's idle.
+        """
         parent = self.get_parent(channel)
         ident = self._parent_ident[channel]
         reply = await self._on_main(self._request(parent, ident, channel, **options))
@@ -223,6 +234,8 @@ class ProxyKernel(Kernel):
                 parent, "DeadKernelError", "The kernel is not running; run %restart to start it"
             )
         inner = self.inner
+        if not options.get("wait_idle", True):
+            self._settling[parent["header"]["msg_id"]] = inner.relay
         try:
             return await inner.relay.request(parent, ident, channel, **options)
         except InnerKernelDied as died:
@@ -240,6 +253,16 @@ class ProxyKernel(Kernel):
         return {"header": {"msg_type": reply_type}, "content": content, "metadata": {}}
 
     # -- requests -------------------------------------------------------------
+
+    async def execute_request(self, stream, ident, parent) -> None:
+        """Reply as soon as the inner kernel has; go idle once its output is all relayed."""
+        await super().execute_request(stream, ident, parent)
+        relay = self._settling.pop(parent["header"]["msg_id"], None)
+        if relay is not None:
+            try:
+                await relay.settle(parent["header"]["msg_id"])
+            except InnerKernelDied:
+                pass
 
     def _publish_execute_input(self, code: str, parent: dict, execution_count: int) -> None:
         """The inner kernel publishes its own, with its own execution count."""
@@ -266,7 +289,7 @@ class ProxyKernel(Kernel):
             return await self._restart_cell(code, silent, *restart)
         self._running = self.get_parent("shell")
         try:
-            reply = await self._forward()
+            reply = await self._forward(wait_idle=False)
         finally:
             self._running = self._hung = None
         self.execution_count = reply.get("execution_count", self.execution_count)
@@ -434,6 +457,8 @@ class ProxyKernel(Kernel):
         the shell; a kernel only does that while a cell runs, so the proxy
         queues them behind any other request, with a busy and idle each.
         """
+        self._received += 1
+        self._sequence[id(msg)] = self._received
         if self._main_asyncio_lock.locked():
             try:
                 _, frames = self.session.feed_identities(msg, copy=False)
@@ -448,6 +473,18 @@ class ProxyKernel(Kernel):
                     await self.dispatch_shell(msg, subshell_id=subshell_id)
                 return
         await super().shell_main(subshell_id, msg)
+
+    async def dispatch_shell(self, msg: list, /, subshell_id: str | None = None, *, concurrent: bool = False):
+        """Abort exactly the execute requests received before a failed cell's reply.
+
+        Without ipykernel's shell channel thread its base resets the abort on a
+        timer, which can also abort a request sent right after the error reply.
+        """
+        self._aborting = self._sequence.pop(id(msg), 0) <= self._abort_through
+        await super().dispatch_shell(msg, subshell_id, concurrent=concurrent)
+
+    def _abort_queues(self, subshell_id: str | None = None) -> None:
+        self._abort_through = self._received
 
     def pre_handler_hook(self) -> None:
         """SIGINT is the inner kernel's business: the proxy's handler forwards it."""

@@ -10,11 +10,13 @@ the way out, except for the few messages whose meaning the proxy needs
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import typing as t
 from dataclasses import dataclass, field
+from hmac import compare_digest
 
-from jupyter_client.session import Session
+from jupyter_client.session import DELIM, Session
 
 if t.TYPE_CHECKING:
     from jupyter_client.asynchronous import AsyncKernelClient
@@ -23,6 +25,8 @@ if t.TYPE_CHECKING:
 
 #: iopub messages that belong to the inner kernel's own life, not to a request.
 NOT_RELAYED = frozenset({"status", "iopub_welcome", "shutdown_reply"})
+#: iopub messages dropped for requests that asked for it.
+SKIPPABLE = frozenset({"execute_input"})
 
 
 class InnerKernelDied(Exception):
@@ -130,17 +134,29 @@ class Relay:
 
         Returns once the reply is in and, with ``wait_idle``, all the output
         the request caused has been relayed, so the proxy's own idle status
-        comes last, as a kernel's does.
+        comes last, as a kernel's does.  Without, the caller owes a
+        :meth:`settle` once it has answered the client.
         """
         pending = self.send(parent, ident, channel, **options)
         msg_id = parent["header"]["msg_id"]
         try:
             await self._until(pending.reply)
-            if wait_idle:
-                await self._until(pending.idle)
+        except BaseException:
+            self.pending.pop(msg_id, None)
+            raise
+        if wait_idle:
+            await self.settle(msg_id)
+        return pending.reply.result()
+
+    async def settle(self, msg_id: str) -> None:
+        """Wait until all the output of request ``msg_id`` has been relayed."""
+        pending = self.pending.get(msg_id)
+        if pending is None:
+            return
+        try:
+            await self._until(pending.idle)
         finally:
             self.pending.pop(msg_id, None)
-        return pending.reply.result()
 
     async def _until(self, future: asyncio.Future) -> None:
         """Wait for ``future`` unless the inner kernel dies first."""
@@ -178,12 +194,17 @@ class Relay:
 
     # -- what the inner kernel sends ------------------------------------------
 
+    def _decoded(self, frames: list) -> dict:
+        """A verified message as a dict, its dates left as the strings they came as."""
+        _, msg_type, parts, buffers = self._verified(frames)
+        header, parent, metadata, content = (json.loads(part if isinstance(part, bytes) else part.bytes) for part in parts)
+        return {"header": header, "parent_header": parent, "metadata": metadata, "content": content, "buffers": buffers}
+
     async def _pump_replies(self, socket) -> None:
         while True:
             frames = await socket.recv_multipart(copy=False)
             try:
-                _, frames = self.session.feed_identities(frames, copy=False)
-                msg = self.session.deserialize(frames, content=True, copy=False)
+                msg = self._decoded(frames)
             except Exception:
                 self.log.warning("Dropped a malformed reply from the inner kernel", exc_info=True)
                 continue
@@ -192,48 +213,63 @@ class Relay:
                 pending.reply.set_result(msg)
 
     async def _pump_iopub(self) -> None:
+        """Relay iopub frames to the client, re-signed, with content and buffers untouched.
+
+        Output is the bulk of what a kernel sends, so nothing is copied or
+        decoded but the header and, where the proxy needs it, the parent or
+        content.  The header is replaced by one of the proxy's own session,
+        so the client sees one kernel whatever the inner kernel's incarnation.
+        """
         socket = self.client.iopub_channel.socket
         proxy = self.proxy
         while True:
             frames = await socket.recv_multipart(copy=False)
             try:
-                topic, frames = self.session.feed_identities(frames, copy=False)
-                msg = self.session.deserialize(frames, content=False, copy=False)
+                topic, msg_type, parts, buffers = self._verified(frames)
             except Exception:
                 self.log.warning("Dropped a malformed iopub message from the inner kernel", exc_info=True)
                 continue
             self._subscribed.set()
-            msg_type = msg["header"]["msg_type"]
-            parent = msg["parent_header"]
-            pending = self.pending.get(parent.get("msg_id"))
-            if msg_type in NOT_RELAYED:
-                if msg_type == "status" and pending is not None and not pending.idle.done():
-                    if self.session.unpack(msg["content"]).get("execution_state") == "idle":
-                        pending.idle.set_result(None)
-                continue
-            if pending is not None and pending.skip_execute_input and msg_type == "execute_input":
-                continue
+            if msg_type in NOT_RELAYED or msg_type in SKIPPABLE:
+                pending = self.pending.get(json.loads(parts[1]).get("msg_id"))
+                if msg_type == "status":
+                    if pending is not None and json.loads(parts[3].bytes).get("execution_state") == "idle":
+                        if not pending.idle.done():
+                            pending.idle.set_result(None)
+                    continue
+                if msg_type in NOT_RELAYED or (pending is not None and pending.skip_execute_input):
+                    continue
             if msg_type in ("comm_open", "comm_close"):
-                self._track_comm(msg_type, self.session.unpack(msg["content"]))
+                self._track_comm(msg_type, json.loads(parts[3].bytes))
             if proxy.log.isEnabledFor(logging.DEBUG):
                 self.log.debug("<- inner iopub %s", msg_type)
-            proxy.session.send(
-                proxy.iopub_socket,
-                msg_type,
-                content=bytes(msg["content"]),
-                parent=parent,
-                ident=topic,
-                buffers=msg["buffers"] or None,
-                metadata=msg["metadata"],
-            )
+            out = proxy.session
+            parts[0] = out.pack(out.msg_header(msg_type))
+            proxy.iopub_socket.send_multipart([*topic, DELIM, out.sign(parts), *parts, *buffers], copy=False)
+
+    def _verified(self, frames: list) -> tuple[list[bytes], str, list, list]:
+        """Split a raw message and check the inner kernel's signature.
+
+        Returns the topic, the message type, [header, parent, metadata,
+        content] (content as the received frame) and the buffers.
+        """
+        delim = next(i for i, frame in enumerate(frames) if frame.bytes == DELIM)
+        topic = [frame.bytes for frame in frames[:delim]]
+        signature = frames[delim + 1].bytes
+        header, parent, metadata = (frame.bytes for frame in frames[delim + 2 : delim + 5])
+        content = frames[delim + 5]
+        parts = [header, parent, metadata, content.buffer]
+        if self.session.auth is not None and not compare_digest(signature, self.session.sign(parts)):
+            raise ValueError("invalid signature")
+        parts[3] = content
+        return topic, json.loads(header)["msg_type"], parts, frames[delim + 6 :]
 
     async def _pump_stdin(self) -> None:
         socket = self.client.stdin_channel.socket
         while True:
             frames = await socket.recv_multipart(copy=False)
             try:
-                _, frames = self.session.feed_identities(frames, copy=False)
-                msg = self.session.deserialize(frames, content=True, copy=False)
+                msg = self._decoded(frames)
             except Exception:
                 self.log.warning("Dropped a malformed stdin message from the inner kernel", exc_info=True)
                 continue

@@ -218,3 +218,14 @@ def test_the_inner_kernels_own_life_is_not_relayed(proxy):
     starting = [m for m in seen if m["msg_type"] == "status" and m["content"]["execution_state"] == "starting"]
     assert len(starting) == 1 and starting[0]["parent_header"] == {}, summary
     assert all(m["parent_header"].get("msg_id") == msg_id for m in seen if m is not starting[0]), summary
+
+
+@pytest.mark.parametrize("kernel", ["direct", "proxied"])
+def test_a_failed_cell_aborts_the_cells_queued_behind_it_and_no_later_one(specs, kernel):
+    with running(kernel) as (_, kc):
+        for _ in range(10):
+            failing, queued = kc.execute("1 / 0"), kc.execute("print('queued')")
+            assert reply_to(kc, failing)["content"]["status"] == "error"
+            assert reply_to(kc, queued)["content"]["status"] == "aborted"
+            later = kc.execute("print('later')")
+            assert reply_to(kc, later)["content"]["status"] == "ok"
