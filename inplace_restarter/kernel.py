@@ -508,8 +508,9 @@ class ProxyKernel(Kernel):
     async def _restart_cell(self, code: str, silent: bool, options: list[str], rest: str) -> dict:
         parent = self.get_parent("shell")
         restarts = options in ([], ["--cold"])
-        # The restart cell opens the new kernel's count: the next cell is [1].
-        count = 0 if restarts else self.execution_count
+        # A count of its own, not 0: JupyterLab leaves a cell whose reply
+        # counts 0 showing [*] as if it still ran. The next cell is [1].
+        count = self.execution_count
         if not silent:
             Kernel._publish_execute_input(self, code, parent, count)
         if options in (["--help"], ["-h"]):

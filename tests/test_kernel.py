@@ -47,7 +47,6 @@ def test_restart_gives_a_fresh_kernel_behind_the_same_client(proxy):
     reply, outputs = execute(kc, "%restart")
 
     assert reply["content"]["status"] == "ok"
-    assert reply["content"]["execution_count"] == 0, "the restart cell opens the new count"
     assert "Restarted the kernel in place in" in stdout_of(outputs)
     assert inner_pid(km) != before
     assert km.is_alive()
