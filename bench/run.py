@@ -72,6 +72,7 @@ def private_jupyter(root: Path, proxy_path: Path) -> None:
             "metadata": {"inplace_restarter": {"original_argv": IPYKERNEL_ARGV}},
         },
     }
+    specs["standby"] = {**specs["proxied"], "argv": [*specs["proxied"]["argv"], "--standby"], "display_name": "standby"}
     for name, spec in specs.items():
         (kernels / name).mkdir(parents=True)
         (kernels / name / "kernel.json").write_text(json.dumps(spec, indent=1))
@@ -347,19 +348,23 @@ def bench_startup(reps: int, log) -> dict:
 
 def bench_restart(proxied: Running, reps: int, log) -> dict:
     """%restart, a cold start of the same kernel, and KernelManager.restart_kernel, interleaved."""
-    res = {"%restart": [], "cold start": [], "restart_kernel": []}
-    direct = start("direct")
+    res = {"%restart": [], "cold start": [], "restart_kernel": [], "%restart --standby": []}
+    direct, standby = start("direct"), start("standby")
     try:
         direct.client.wait_iopub()
+        standby.client.wait_iopub()
         for rep in range(reps):
-            order = ["%restart", "cold start", "restart_kernel"]
-            order = order[rep % 3 :] + order[: rep % 3]
+            order = ["%restart", "cold start", "restart_kernel", "%restart --standby"]
+            order = order[rep % 4 :] + order[: rep % 4]
             for what in order:
-                if what == "%restart":
+                if what in ("%restart", "%restart --standby"):
+                    k = proxied if what == "%restart" else standby
                     t0 = time.perf_counter()
-                    proxied.client.execute("%restart")
-                    proxied.client.execute("", wait_idle=False)
+                    k.client.execute("%restart")
+                    k.client.execute("", wait_idle=False)
                     res[what].append(time.perf_counter() - t0)
+                    if k is standby:
+                        time.sleep(2)  # the next spare starts now: let it, before timing anything else
                 elif what == "cold start":
                     res[what].append(cold_start("direct"))
                 else:
@@ -372,8 +377,10 @@ def bench_restart(proxied: Running, reps: int, log) -> dict:
                 log(f"restart {what}: {res[what][-1]:.3f} s")
     finally:
         stop(direct)
+        stop(standby)
     out = {n: {"median": median(v), "all": v} for n, v in res.items()}
     out["ratio_cold"] = out["%restart"]["median"] / out["cold start"]["median"]
+    out["ratio_standby"] = out["%restart --standby"]["median"] / out["cold start"]["median"]
     out["ratio_restart_kernel"] = out["%restart"]["median"] / out["restart_kernel"]["median"]
     return out
 
@@ -510,6 +517,7 @@ def table(r: dict, m: dict, args) -> str:
         n = len(rs["%restart"]["all"])
         row(f"restart until the kernel answers (n={n}): cold start vs %restart", s(rs["cold start"]["median"]), s(rs["%restart"]["median"]), f"{rs['ratio_cold']:.2f}x", "<= 1.1x")
         row("restart: KernelManager.restart_kernel vs %restart", s(rs["restart_kernel"]["median"]), s(rs["%restart"]["median"]), f"{rs['ratio_restart_kernel']:.2f}x", "< 1x")
+        row("restart with --standby: cold start vs %restart", s(rs["cold start"]["median"]), s(rs["%restart --standby"]["median"]), f"{rs['ratio_standby']:.2f}x", "well under 0.1 s")
     if "memory" in r:
         me = r["memory"]
         row("memory RSS: inner kernel vs proxy", mb(me["inner"]["rss"]), mb(me["proxy"]["rss"]), f"{me['ratio_rss']:.2f}x", "<= 0.8x")
