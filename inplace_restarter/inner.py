@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import zmq.asyncio
+from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
@@ -152,7 +153,9 @@ class InnerKernel(LoggingConfigurable):
         self.pid = self.manager.provisioner.pid if self.manager.provisioner else None
         self._pgid = getattr(self.manager.provisioner, "pgid", None)
         self._watch(process)
-        client = self.manager.client()
+        # Plain sockets, read by callbacks on the proxy's loop (see Relay); the
+        # client's blocking methods are never called.
+        client = BlockingKernelClient(**self.manager.get_connection_info(session=True), parent=self.manager)
         client.start_channels(hb=False)
         self.relay = Relay(client, self.proxy, self.exited, self.log)
         self.kernel_info = await self.relay.wait_ready(self.startup_timeout)

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from hmac import compare_digest
 
 from jupyter_client.session import DELIM, Session
+from zmq.eventloop.zmqstream import ZMQStream
 
 if t.TYPE_CHECKING:
-    from jupyter_client.asynchronous import AsyncKernelClient
+    from jupyter_client.blocking import BlockingKernelClient
 
     from .kernel import ProxyKernel
 
@@ -67,7 +68,7 @@ class Relay:
 
     def __init__(
         self,
-        client: AsyncKernelClient,
+        client: BlockingKernelClient,
         proxy: ProxyKernel,
         exited: asyncio.Future,
         log: logging.Logger,
@@ -82,12 +83,18 @@ class Relay:
         self.comms: dict[str, str] = {}
         self._input_request: dict | None = None
         self._subscribed = asyncio.Event()
-        self._tasks = [
-            asyncio.ensure_future(self._pump_iopub()),
-            asyncio.ensure_future(self._pump_replies(client.shell_channel.socket)),
-            asyncio.ensure_future(self._pump_replies(client.control_channel.socket)),
-            asyncio.ensure_future(self._pump_stdin()),
-        ]
+        # Callbacks on the event loop, not awaited receives: a future per
+        # message was a sixth of the proxy's CPU on the relay path.
+        self._streams = []
+        for channel, handler in (
+            (client.iopub_channel, self._on_iopub),
+            (client.shell_channel, self._on_reply),
+            (client.control_channel, self._on_reply),
+            (client.stdin_channel, self._on_stdin),
+        ):
+            stream = ZMQStream(channel.socket)
+            stream.on_recv(handler, copy=False)
+            self._streams.append(stream)
 
     # -- requests -------------------------------------------------------------
 
@@ -200,19 +207,17 @@ class Relay:
         header, parent, metadata, content = (json.loads(part if isinstance(part, bytes) else part.bytes) for part in parts)
         return {"header": header, "parent_header": parent, "metadata": metadata, "content": content, "buffers": buffers}
 
-    async def _pump_replies(self, socket) -> None:
-        while True:
-            frames = await socket.recv_multipart(copy=False)
-            try:
-                msg = self._decoded(frames)
-            except Exception:
-                self.log.warning("Dropped a malformed reply from the inner kernel", exc_info=True)
-                continue
-            pending = self.pending.get(msg["parent_header"].get("msg_id"))
-            if pending is not None and not pending.reply.done():
-                pending.reply.set_result(msg)
+    def _on_reply(self, frames: list) -> None:
+        try:
+            msg = self._decoded(frames)
+        except Exception:
+            self.log.warning("Dropped a malformed reply from the inner kernel", exc_info=True)
+            return
+        pending = self.pending.get(msg["parent_header"].get("msg_id"))
+        if pending is not None and not pending.reply.done():
+            pending.reply.set_result(msg)
 
-    async def _pump_iopub(self) -> None:
+    def _on_iopub(self, frames: list) -> None:
         """Relay iopub frames to the client, re-signed, with content and buffers untouched.
 
         Output is the bulk of what a kernel sends, so nothing is copied or
@@ -220,32 +225,29 @@ class Relay:
         content.  The header is replaced by one of the proxy's own session,
         so the client sees one kernel whatever the inner kernel's incarnation.
         """
-        socket = self.client.iopub_channel.socket
+        try:
+            topic, msg_type, parts, buffers = self._verified(frames)
+        except Exception:
+            self.log.warning("Dropped a malformed iopub message from the inner kernel", exc_info=True)
+            return
+        self._subscribed.set()
+        if msg_type in NOT_RELAYED or msg_type in SKIPPABLE:
+            pending = self.pending.get(json.loads(parts[1]).get("msg_id"))
+            if msg_type == "status":
+                if pending is not None and json.loads(parts[3].bytes).get("execution_state") == "idle":
+                    if not pending.idle.done():
+                        pending.idle.set_result(None)
+                return
+            if msg_type in NOT_RELAYED or (pending is not None and pending.skip_execute_input):
+                return
+        if msg_type in ("comm_open", "comm_close"):
+            self._track_comm(msg_type, json.loads(parts[3].bytes))
         proxy = self.proxy
-        while True:
-            frames = await socket.recv_multipart(copy=False)
-            try:
-                topic, msg_type, parts, buffers = self._verified(frames)
-            except Exception:
-                self.log.warning("Dropped a malformed iopub message from the inner kernel", exc_info=True)
-                continue
-            self._subscribed.set()
-            if msg_type in NOT_RELAYED or msg_type in SKIPPABLE:
-                pending = self.pending.get(json.loads(parts[1]).get("msg_id"))
-                if msg_type == "status":
-                    if pending is not None and json.loads(parts[3].bytes).get("execution_state") == "idle":
-                        if not pending.idle.done():
-                            pending.idle.set_result(None)
-                    continue
-                if msg_type in NOT_RELAYED or (pending is not None and pending.skip_execute_input):
-                    continue
-            if msg_type in ("comm_open", "comm_close"):
-                self._track_comm(msg_type, json.loads(parts[3].bytes))
-            if proxy.log.isEnabledFor(logging.DEBUG):
-                self.log.debug("<- inner iopub %s", msg_type)
-            out = proxy.session
-            parts[0] = out.pack(out.msg_header(msg_type))
-            proxy.iopub_socket.send_multipart([*topic, DELIM, out.sign(parts), *parts, *buffers], copy=False)
+        if proxy.log.isEnabledFor(logging.DEBUG):
+            self.log.debug("<- inner iopub %s", msg_type)
+        out = proxy.session
+        parts[0] = out.pack(out.msg_header(msg_type))
+        proxy.iopub_socket.send_multipart([*topic, DELIM, out.sign(parts), *parts, *buffers], copy=False)
 
     def _verified(self, frames: list) -> tuple[list[bytes], str, list, list]:
         """Split a raw message and check the inner kernel's signature.
@@ -264,23 +266,20 @@ class Relay:
         parts[3] = content
         return topic, json.loads(header)["msg_type"], parts, frames[delim + 6 :]
 
-    async def _pump_stdin(self) -> None:
-        socket = self.client.stdin_channel.socket
-        while True:
-            frames = await socket.recv_multipart(copy=False)
-            try:
-                msg = self._decoded(frames)
-            except Exception:
-                self.log.warning("Dropped a malformed stdin message from the inner kernel", exc_info=True)
-                continue
-            pending = self.pending.get(msg["parent_header"].get("msg_id"))
-            if msg["header"]["msg_type"] != "input_request" or pending is None:
-                self.log.warning("Dropped an unexpected %s on stdin", msg["header"]["msg_type"])
-                continue
-            self._input_request = msg
-            self.proxy.session.send(
-                self.proxy.stdin_socket, "input_request", msg["content"], parent=pending.parent, ident=pending.ident
-            )
+    def _on_stdin(self, frames: list) -> None:
+        try:
+            msg = self._decoded(frames)
+        except Exception:
+            self.log.warning("Dropped a malformed stdin message from the inner kernel", exc_info=True)
+            return
+        pending = self.pending.get(msg["parent_header"].get("msg_id"))
+        if msg["header"]["msg_type"] != "input_request" or pending is None:
+            self.log.warning("Dropped an unexpected %s on stdin", msg["header"]["msg_type"])
+            return
+        self._input_request = msg
+        self.proxy.session.send(
+            self.proxy.stdin_socket, "input_request", msg["content"], parent=pending.parent, ident=pending.ident
+        )
 
     def input_reply(self, msg: dict) -> None:
         """Pass the client's input_reply to the inner kernel's pending input_request."""
@@ -305,8 +304,10 @@ class Relay:
             self._track_comm(msg_type, msg["content"])
 
     def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        for stream in self._streams:
+            # Unregisters the socket from the loop before closing it, so its
+            # file descriptor can serve a later incarnation's socket.
+            stream.close(linger=0)
         for pending in self.pending.values():
             for future in (pending.reply, pending.idle):
                 if not future.done():

@@ -101,7 +101,7 @@ def test_twenty_restarts_leave_no_extra_processes_or_open_files(proxy):
     files, children = proxy_process.num_fds(), len(proxy_process.children(recursive=True))
     for _ in range(20):
         reply, _ = execute(kc, "%restart")
-        assert reply["content"]["status"] == "ok"
+        assert reply["content"]["status"] == "ok", reply["content"]
     assert len(proxy_process.children(recursive=True)) == children == 1
     deadline = time.monotonic() + 3  # closed zmq sockets linger a moment
     while proxy_process.num_fds() > files and time.monotonic() < deadline:
