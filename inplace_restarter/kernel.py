@@ -25,8 +25,8 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
 from .inner import InnerKernel, private_runtime_dir
-from .relay import InnerKernelDied, describe_exit
-from .rescue import RescuePolicy
+from .relay import InnerKernelDied
+from .rescue import Rescuer, RescuePolicy
 
 RESTART_HELP = """\
 %restart [--cold] [--help]
@@ -89,15 +89,14 @@ class ProxyKernel(Kernel):
     def __init__(self, **kwargs: t.Any):
         super().__init__(**kwargs)
         self.inner: InnerKernel | None = None
-        self._ready = asyncio.Event()
+        #: set while an inner kernel serves; requests wait on it through a restart
+        self.ready = asyncio.Event()
         self._reply_metadata: ContextVar[dict] = ContextVar("reply_metadata", default={})
-        self.rescue = RescuePolicy(parent=self)
-        #: the execute request being forwarded, if any, and whether it is hung
-        self._running: dict | None = None
-        self._hung: dict | None = None
-        #: what to tell the user at the next execute about a kernel that died while idle
-        self._notice: str | None = None
-        self._stopping = False
+        self.rescuer = Rescuer(self, RescuePolicy(parent=self))
+        #: the execute request being forwarded, if any
+        self.running_cell: dict | None = None
+        #: shutting down: a kernel that exits now is not rescued
+        self.stopping = False
         self._first_manager = None
         self._runtime_dir: Path | None = None
         #: the spare kernel being started or waiting, with standby
@@ -165,17 +164,11 @@ class ProxyKernel(Kernel):
     def _use(self, inner: InnerKernel) -> None:
         self.inner = inner
         self.language_info = inner.kernel_info.get("language_info", {})
-        self._ready.set()
-        self._loop.create_task(self._watch(inner))
+        self.ready.set()
+        self._loop.create_task(self.rescuer.watch(inner))
         self.log.info("Inner kernel %s is ready", inner.pid)
-        if self.standby and self._spare is None and not self._stopping:
+        if self.standby and self._spare is None and not self.stopping:
             self._spare = self._loop.create_task(self._new_inner())
-
-    async def _watch(self, inner: InnerKernel) -> None:
-        """Notice the moment the inner kernel dies, even while nothing runs."""
-        returncode = await asyncio.shield(inner.exited)
-        if self.inner is inner and not self._stopping:
-            await self._rescue(inner, describe_exit(returncode), self._running)
 
     def _terminate(self) -> None:
         """SIGTERM: take the inner kernel down with us, at once."""
@@ -185,7 +178,7 @@ class ProxyKernel(Kernel):
 
     def _cleanup(self) -> None:
         """Last resort at exit: nothing the proxy started may outlive it."""
-        self._stopping = True
+        self.stopping = True
         InnerKernel.kill_all()
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
@@ -195,7 +188,7 @@ class ProxyKernel(Kernel):
         return {"status": "ok", "restart": restart}
 
     async def _shutdown_inner(self) -> None:
-        self._stopping = True
+        self.stopping = True
         spare = await self._take_spare()
         await asyncio.gather(
             *(inner.shutdown() for inner in (self.inner, spare) if inner is not None), *self._retiring
@@ -228,7 +221,7 @@ class ProxyKernel(Kernel):
         return reply["content"]
 
     async def _request(self, parent: dict, ident: list, channel: str, **options: t.Any) -> dict:
-        await self._ready.wait()
+        await self.ready.wait()
         if self.inner is None or self.inner.relay is None:
             return self._error_reply(
                 parent, "DeadKernelError", "The kernel is not running; run %restart to start it"
@@ -240,7 +233,7 @@ class ProxyKernel(Kernel):
             return await inner.relay.request(parent, ident, channel, **options)
         except InnerKernelDied as died:
             cell = parent if parent["header"]["msg_type"] == "execute_request" else None
-            reason = await self._rescue(inner, str(died), cell)
+            reason = await self.rescuer.after_death(inner, str(died), cell)
             return self._error_reply(parent, "DeadKernelError", reason)
 
     def _error_reply(self, parent: dict, ename: str, evalue: str) -> dict:
@@ -281,17 +274,17 @@ class ProxyKernel(Kernel):
         user_expressions: dict | None = None,
         allow_stdin: bool = False,
     ) -> dict:
-        if self._notice is not None:
-            self._print(self._notice, self.get_parent("shell"), "stderr")
-            self._notice = None
+        notice = self.rescuer.take_notice()
+        if notice:
+            self.write_stream(notice, self.get_parent("shell"), "stderr")
         restart = parse_restart(code)
         if restart is not None:
             return await self._restart_cell(code, silent, *restart)
-        self._running = self.get_parent("shell")
+        self.running_cell = self.get_parent("shell")
         try:
             reply = await self._forward(wait_idle=False)
         finally:
-            self._running = self._hung = None
+            self.running_cell = None
         self.execution_count = reply.get("execution_count", self.execution_count)
         return reply
 
@@ -329,11 +322,11 @@ class ProxyKernel(Kernel):
         While a cell runs, the inner kernel handles comm messages concurrently
         without busy/idle, as the proxy's base class does.
         """
-        await self._ready.wait()
+        await self.ready.wait()
         relay = self.inner.relay
         relay.track_client_comm(parent)
         pending = relay.send(parent, ident)
-        if self._running is None:
+        if self.running_cell is None:
             try:
                 await relay._until(pending.idle)
             except InnerKernelDied:
@@ -343,7 +336,7 @@ class ProxyKernel(Kernel):
     comm_msg = comm_close = comm_open
 
     async def kernel_info_request(self, stream, ident, parent) -> None:
-        await self._on_main(self._ready.wait())
+        await self._on_main(self.ready.wait())
         await super().kernel_info_request(stream, ident, parent)
 
     @property
@@ -360,94 +353,8 @@ class ProxyKernel(Kernel):
         self.session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
 
     async def _interrupt(self) -> None:
-        """Interrupt the inner kernel, by its own interrupt mode."""
-        await self._on_main(self._interrupt_inner())
-
-    async def _interrupt_inner(self) -> None:
-        """Interrupt; a cell that outlives the interrupt makes the kernel hung.
-
-        A second interrupt of a hung kernel restarts it in place: the only way
-        out when the shell is stuck in code that ignores SIGINT.
-        """
-        inner, running = self.inner, self._running
-        if inner is None:
-            return
-        if running is not None and self._hung is running:
-            await self._restart_hung(inner, running)
-            return
-        await inner.interrupt()
-        if running is not None:
-            self._loop.call_later(
-                self.rescue.interrupt_grace, lambda: self._loop.create_task(self._check_hung(inner, running))
-            )
-
-    async def _check_hung(self, inner: InnerKernel, running: dict) -> None:
-        if self._running is not running or self.inner is not inner or self._hung is running:
-            return
-        if self.rescue.restart_hung:
-            await self._restart_hung(inner, running)
-            return
-        self._hung = running
-        self._print(
-            "The kernel does not respond to interrupts. Interrupt again to restart it in place "
-            "(its variables will be lost).\n",
-            running,
-            "stderr",
-        )
-
-    async def _restart_hung(self, inner: InnerKernel, running: dict) -> None:
-        inner.stop_reason = "The kernel did not respond to interrupts, so it was restarted in place"
-        self._hung = None
-        try:
-            await self.restart_in_place(running)
-        except Exception as e:
-            self._print(f"The kernel did not restart: {e}\n", running, "stderr")
-
-    async def _rescue(self, inner: InnerKernel, reason: str, cell: dict | None) -> str:
-        """Restart a kernel that died by itself; return what the failed request should say.
-
-        Both the death watcher and a request that was waiting on the kernel
-        call this; the first call does the restart, the other waits for it.
-        """
-        if inner.rescue is None:
-            inner.rescue = self._loop.create_task(self._restart_dead(inner, reason, cell))
-        return await asyncio.shield(inner.rescue)
-
-    async def _restart_dead(self, inner: InnerKernel, reason: str, cell: dict | None) -> str:
-        if self.inner is not inner or self._stopping:
-            # Stopped on purpose: %restart, a hung kernel, or shutdown.
-            await self._ready.wait()
-            return inner.stop_reason or reason
-        self.log.warning("%s; restarting it in place", reason)
-        if not self.rescue.may_restart():
-            self.inner = None
-            inner.close()
-            message = (
-                f"{reason}. It died {self.rescue.restart_limit} times within "
-                f"{self.rescue.restart_window:g} s, so it is not restarted again: run %restart to start it."
-            )
-            self._tell(message, cell)
-            return message
-        if cell is not None:
-            self._print(f"{reason}; restarting it in place.\n", cell, "stderr")
-        else:
-            self._notice = (
-                f"{reason} at {time.strftime('%H:%M:%S')}, and was restarted in place: "
-                "its variables are gone.\n"
-            )
-        try:
-            await self.restart_in_place(cell)
-        except Exception as e:
-            message = f"{reason}, and it did not restart: {e}. Run %restart to try again."
-            self._tell(message, cell)
-            return message
-        return f"{reason}; it was restarted in place"
-
-    def _tell(self, message: str, cell: dict | None) -> None:
-        if cell is not None:
-            self._print(message + "\n", cell, "stderr")
-        else:
-            self._notice = message + "\n"
+        """Interrupt the inner kernel, by its own interrupt mode; see Rescuer.interrupt."""
+        await self._on_main(self.rescuer.interrupt())
 
     async def shell_main(self, subshell_id: str | None, msg: list) -> None:
         """Order shell messages as a kernel does while the proxy waits on the inner one.
@@ -468,7 +375,7 @@ class ProxyKernel(Kernel):
             if msg_type == "interrupt_request":
                 await self.dispatch_shell(msg, subshell_id=subshell_id, concurrent=True)
                 return
-            if msg_type in COMM_MSG_TYPES and self._running is None:
+            if msg_type in COMM_MSG_TYPES and self.running_cell is None:
                 async with self._main_asyncio_lock:
                     await self.dispatch_shell(msg, subshell_id=subshell_id)
                 return
@@ -514,7 +421,7 @@ class ProxyKernel(Kernel):
         if not silent:
             Kernel._publish_execute_input(self, code, parent, count)
         if options in (["--help"], ["-h"]):
-            self._print(RESTART_HELP, parent)
+            self.write_stream(RESTART_HELP, parent)
             return self._ok(count)
         if not restarts:
             return self._error_reply(
@@ -547,7 +454,7 @@ class ProxyKernel(Kernel):
         """
         started = time.monotonic()
         old, self.inner = self.inner, None
-        self._ready.clear()
+        self.ready.clear()
         if old is not None and old.relay is not None:
             self._close_comms(old.relay.comms)
         spare = await self._take_spare()
@@ -566,14 +473,14 @@ class ProxyKernel(Kernel):
             )
             new = results[1]
             if isinstance(new, BaseException):
-                self._ready.set()
+                self.ready.set()
                 raise new
         self.execution_count = 0
         self.session.send(
             self.iopub_socket, "status", {"execution_state": "starting"}, parent={}, ident=self._topic("status")
         )
         if parent is not None:
-            self._print(f"Restarted the kernel in place in {time.monotonic() - started:.1f} s\n", parent)
+            self.write_stream(f"Restarted the kernel in place in {time.monotonic() - started:.1f} s\n", parent)
         self._use(new)
 
     async def _take_spare(self) -> InnerKernel | None:
@@ -604,7 +511,8 @@ class ProxyKernel(Kernel):
             )
         comms.clear()
 
-    def _print(self, text: str, parent: dict, name: str = "stdout") -> None:
+    def write_stream(self, text: str, parent: dict, name: str = "stdout") -> None:
+        """Write into the output of request ``parent``, as the kernel's stdout or stderr."""
         self.session.send(
             self.iopub_socket, "stream", {"name": name, "text": text}, parent, ident=f"stream.{name}".encode()
         )

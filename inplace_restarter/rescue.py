@@ -1,16 +1,25 @@
-"""When the proxy restarts a dying or hung inner kernel by itself.
+"""Dying and hung inner kernels: noticed, explained, restarted in place.
 
-Policy only, kept apart from the mechanism in :mod:`.kernel`, as jupyter_client
-keeps ``KernelRestarter``'s limits apart from ``KernelManager``.
+The policy (RescuePolicy: limits and patience, configurable) is kept apart
+from the mechanism (Rescuer), as jupyter_client keeps ``KernelRestarter``'s
+limits apart from ``KernelManager``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+import typing as t
 from collections import deque
 
 from traitlets import Bool, Float, Integer
 from traitlets.config import LoggingConfigurable
+
+from .relay import describe_exit
+
+if t.TYPE_CHECKING:
+    from .inner import InnerKernel
+    from .kernel import ProxyKernel
 
 
 class RescuePolicy(LoggingConfigurable):
@@ -48,3 +57,116 @@ class RescuePolicy(LoggingConfigurable):
             return False
         self._restarts.append(now)
         return True
+
+
+class Rescuer:
+    """Restarts the proxy's inner kernel when it dies, or hangs through interrupts."""
+
+    def __init__(self, kernel: ProxyKernel, policy: RescuePolicy):
+        self.kernel = kernel
+        self.policy = policy
+        #: the running cell whose kernel ignored an interrupt
+        self._hung: dict | None = None
+        #: what to tell the user at the next cell about a kernel that died while idle
+        self._notice: str | None = None
+
+    def take_notice(self) -> str | None:
+        notice, self._notice = self._notice, None
+        return notice
+
+    async def watch(self, inner: InnerKernel) -> None:
+        """Notice the moment the inner kernel dies, even while nothing runs."""
+        returncode = await asyncio.shield(inner.exited)
+        kernel = self.kernel
+        if kernel.inner is inner and not kernel.stopping:
+            await self.after_death(inner, describe_exit(returncode), kernel.running_cell)
+
+    async def after_death(self, inner: InnerKernel, reason: str, cell: dict | None) -> str:
+        """Restart a kernel that died by itself; return what the failed request should say.
+
+        Both the death watcher and a request that was waiting on the kernel
+        call this; the first call does the restart, the other waits for it.
+        """
+        if inner.rescue is None:
+            inner.rescue = asyncio.ensure_future(self._restart_dead(inner, reason, cell))
+        return await asyncio.shield(inner.rescue)
+
+    async def _restart_dead(self, inner: InnerKernel, reason: str, cell: dict | None) -> str:
+        kernel = self.kernel
+        if kernel.inner is not inner or kernel.stopping:
+            # Stopped on purpose: %restart, a hung kernel, or shutdown.
+            await kernel.ready.wait()
+            return inner.stop_reason or reason
+        kernel.log.warning("%s; restarting it in place", reason)
+        if not self.policy.may_restart():
+            kernel.inner = None
+            inner.close()
+            message = (
+                f"{reason}. It died {self.policy.restart_limit} times within "
+                f"{self.policy.restart_window:g} s, so it is not restarted again: run %restart to start it."
+            )
+            self._tell(message, cell)
+            return message
+        if cell is not None:
+            kernel.write_stream(f"{reason}; restarting it in place.\n", cell, "stderr")
+        else:
+            self._notice = (
+                f"{reason} at {time.strftime('%H:%M:%S')}, and was restarted in place: "
+                "its variables are gone.\n"
+            )
+        try:
+            await kernel.restart_in_place(cell)
+        except Exception as e:
+            message = f"{reason}, and it did not restart: {e}. Run %restart to try again."
+            self._tell(message, cell)
+            return message
+        return f"{reason}; it was restarted in place"
+
+    def _tell(self, message: str, cell: dict | None) -> None:
+        if cell is not None:
+            self.kernel.write_stream(message + "\n", cell, "stderr")
+        else:
+            self._notice = message + "\n"
+
+    async def interrupt(self) -> None:
+        """Interrupt; a cell that outlives the interrupt makes the kernel hung.
+
+        A second interrupt of a hung kernel restarts it in place: the only way
+        out when the shell is stuck in code that ignores SIGINT.
+        """
+        kernel = self.kernel
+        inner, running = kernel.inner, kernel.running_cell
+        if inner is None:
+            return
+        if running is not None and self._hung is running:
+            await self._restart_hung(inner, running)
+            return
+        await inner.interrupt()
+        if running is not None:
+            loop = asyncio.get_running_loop()
+            loop.call_later(
+                self.policy.interrupt_grace, lambda: loop.create_task(self._check_hung(inner, running))
+            )
+
+    async def _check_hung(self, inner: InnerKernel, running: dict) -> None:
+        kernel = self.kernel
+        if kernel.running_cell is not running or kernel.inner is not inner or self._hung is running:
+            return
+        if self.policy.restart_hung:
+            await self._restart_hung(inner, running)
+            return
+        self._hung = running
+        kernel.write_stream(
+            "The kernel does not respond to interrupts. Interrupt again to restart it in place "
+            "(its variables will be lost).\n",
+            running,
+            "stderr",
+        )
+
+    async def _restart_hung(self, inner: InnerKernel, running: dict) -> None:
+        inner.stop_reason = "The kernel did not respond to interrupts, so it was restarted in place"
+        self._hung = None
+        try:
+            await self.kernel.restart_in_place(running)
+        except Exception as e:
+            self.kernel.write_stream(f"The kernel did not restart: {e}\n", running, "stderr")
