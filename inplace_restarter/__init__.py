@@ -5,6 +5,7 @@ Where things live:
 - ``kernel``: the kernel-facing proxy; ``%restart`` is handled there.
 - ``inner``: the inner kernel's lifecycle (start, ready, stop, death).
 - ``relay``: the messages between the client and the inner kernel.
+- ``rescue``: dying and hung inner kernels, restarted in place.
 - ``app``: the kernel application that binds the client's sockets.
 - ``kernelspec``: reading and rewriting kernel.json files.
 - ``cli``: ``python -m inplace_restarter list|install|remove|wizard``.

@@ -228,3 +228,26 @@ def test_a_failed_cell_aborts_the_cells_queued_behind_it_and_no_later_one(specs,
             assert reply_to(kc, queued)["content"]["status"] == "aborted"
             later = kc.execute("print('later')")
             assert reply_to(kc, later)["content"]["status"] == "ok"
+
+
+def test_debug_logs_every_relayed_message_type_to_stderr(kernels_dir, tmp_path):
+    from jupyter_client.manager import KernelManager
+
+    spec = proxied()
+    spec["argv"].append("--debug")
+    write_spec(kernels_dir, "debug", spec)
+    log = tmp_path / "kernel.log"
+    km = KernelManager(kernel_name="debug")
+    with open(log, "wb") as stderr:
+        km.start_kernel(stderr=stderr)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        execute(kc, "print(1)")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+    text = log.read_text()
+    for line in ("-> inner shell execute_request", "<- inner iopub execute_input", "<- inner iopub stream"):
+        assert line in text
