@@ -162,6 +162,7 @@ class InnerKernel(LoggingConfigurable):
 
     def _watch(self, process) -> None:
         """Resolve ``exited`` with the return code the moment the process ends."""
+        self._process = process
         loop = asyncio.get_running_loop()
 
         def reap() -> None:
@@ -198,7 +199,15 @@ class InnerKernel(LoggingConfigurable):
             except asyncio.TimeoutError:
                 self.log.info("Inner kernel %s ignored shutdown_request; killing it", self.pid)
         self.kill()
-        await self.exited
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), 5)
+        except asyncio.TimeoutError:
+            # Only a lost loop registration of the exit watch gets here; a
+            # restart must not wait on it forever, so reap the killed process.
+            self.log.warning("Inner kernel %s: exit not noticed after SIGKILL; reaping it", self.pid)
+            returncode = await asyncio.get_running_loop().run_in_executor(None, self._process.wait)
+            if not self.exited.done():
+                self.exited.set_result(returncode)
         self.close()
         await self.manager.cleanup_resources()
 
