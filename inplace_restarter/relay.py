@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import typing as t
 from dataclasses import dataclass, field
 from hmac import compare_digest
@@ -39,8 +40,6 @@ class InnerKernelDied(Exception):
 
 
 def describe_exit(returncode: int | None) -> str:
-    import signal
-
     if returncode is None:
         return "The kernel died"
     if returncode < 0:
