@@ -54,10 +54,28 @@ def inner_kernel_spec(resource_dir: str | None, argv: list[str] | None = None) -
 
 
 def private_runtime_dir() -> Path:
-    """A folder of the proxy's own (mode 0700) for its inner kernels' connection files."""
+    """A folder of the proxy's own (mode 0700) for its inner kernels' connection files.
+
+    Its name carries the proxy's pid, so that folders left by proxies killed
+    with SIGKILL (which cannot clean up) are removed by the next proxy.
+    """
     root = Path(jupyter_runtime_dir())
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="inplace-restarter-", dir=root))
+    for folder in root.glob("inplace-restarter-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"inplace-restarter-{os.getpid()}-", dir=root))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def new_manager(spec: KernelSpec, runtime_dir: Path, **kwargs) -> AsyncKernelManager:

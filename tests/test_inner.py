@@ -79,3 +79,15 @@ def test_transport_encryption_from_the_client_is_honoured(kernels_dir):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_a_proxy_cleans_up_the_folders_of_proxies_killed_before_it(specs, jupyter_dirs):
+    with running("proxied") as (km, kc):
+        proxy_pid = km.provisioner.pid
+        os.kill(proxy_pid, signal.SIGKILL)
+        assert gone_within([proxy_pid], 2)
+    runtime = jupyter_dirs["JUPYTER_RUNTIME_DIR"]
+    left = list(runtime.glob(f"inplace-restarter-{proxy_pid}-*"))
+    assert left, "SIGKILL leaves the killed proxy's folder behind"
+    with running("proxied"):
+        assert not any(folder.exists() for folder in left)
