@@ -89,6 +89,7 @@ class ProxyKernel(Kernel):
     def __init__(self, **kwargs: t.Any):
         super().__init__(**kwargs)
         self.inner: InnerKernel | None = None
+        self._inner_info: dict = {}
         #: set while an inner kernel serves; requests wait on it through a restart
         self.ready = asyncio.Event()
         self._reply_metadata: ContextVar[dict] = ContextVar("reply_metadata", default={})
@@ -163,6 +164,9 @@ class ProxyKernel(Kernel):
 
     def _use(self, inner: InnerKernel) -> None:
         self.inner = inner
+        # Kept apart from self.inner, which a restart empties while the control
+        # thread may be answering kernel_info.
+        self._inner_info = inner.kernel_info
         self.language_info = inner.kernel_info.get("language_info", {})
         self.ready.set()
         self._loop.create_task(self.rescuer.watch(inner))
@@ -336,13 +340,15 @@ class ProxyKernel(Kernel):
     comm_msg = comm_close = comm_open
 
     async def kernel_info_request(self, stream, ident, parent) -> None:
-        await self._on_main(self.ready.wait())
+        """Answered at once, even during a restart: the same argv gives the same info."""
+        if not self._inner_info:
+            await self._on_main(self.ready.wait())
         await super().kernel_info_request(stream, ident, parent)
 
     @property
     def kernel_info(self) -> dict:
         """The inner kernel's own, so a proxied R kernel looks like R."""
-        info = {k: v for k, v in self.inner.kernel_info.items() if k != "status"}
+        info = {k: v for k, v in self._inner_info.items() if k != "status"}
         features = info.get("supported_features")
         if features is not None:
             info["supported_features"] = [f for f in features if f in FORWARDED_FEATURES]
