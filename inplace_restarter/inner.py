@@ -10,8 +10,10 @@ import asyncio
 import atexit
 import ctypes
 import os
+import random
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import typing as t
@@ -89,8 +91,38 @@ def new_manager(spec: KernelSpec, runtime_dir: Path, **kwargs) -> AsyncKernelMan
         # One context for all incarnations, as their clients share one: a
         # context of its own would start and stop an I/O thread per restart.
         context=zmq.asyncio.Context.instance(),
+        **_ports(),
         **kwargs,
     )
+
+
+#: where a connection file keeps each channel's port
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
+
+
+def _ports() -> dict:
+    """Free loopback ports for a kernel, below the range connect() takes source ports from.
+
+    jupyter_client picks ports from that ephemeral range, where the proxy's
+    own attempts to reach a kernel that is not listening yet take their
+    source ports: the kernel, or remote_ikernel's ssh tunnel, may then find
+    its port taken (a tunnel fails without a word).  Without the range (not
+    Linux), jupyter_client chooses.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    ports: set[int] = set()
+    while len(ports) < len(PORT_NAMES):
+        port = random.randrange(max(1024, low - 10000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.add(port)
+    return {"cache_ports": False, **dict(zip(PORT_NAMES, ports))}
 
 
 def launch_kwargs() -> dict:

@@ -30,6 +30,9 @@ def test_the_inner_kernel_gets_a_private_loopback_connection(proxy):
     path = stdout_of(outputs).strip()
     info = json.loads(open(path).read())
     assert info["ip"] == "127.0.0.1" and info["transport"] == "tcp"
+    ephemeral_low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = [info[name] for name in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")]
+    assert len(set(ports)) == 5 and all(port < ephemeral_low for port in ports), "clear of connect()'s source ports"
     assert info["key"] and info["key"] != km.session.key.decode()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) & 0o777 == 0o700
