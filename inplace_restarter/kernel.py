@@ -106,8 +106,6 @@ class ProxyKernel(Kernel):
         self._received = 0
         self._sequence: dict[int, int] = {}
         self._abort_through = 0
-        #: relays of execute requests answered but whose output may still come
-        self._settling: dict[str, t.Any] = {}
         #: old kernels shutting down in the background after a swap to the spare
         self._retiring: set[asyncio.Task] = set()
         atexit.register(self._cleanup)
@@ -231,8 +229,6 @@ class ProxyKernel(Kernel):
                 parent, "DeadKernelError", "The kernel is not running; run %restart to start it"
             )
         inner = self.inner
-        if not options.get("wait_idle", True):
-            self._settling[parent["header"]["msg_id"]] = inner.relay
         try:
             return await inner.relay.request(parent, ident, channel, **options)
         except InnerKernelDied as died:
@@ -254,10 +250,10 @@ class ProxyKernel(Kernel):
     async def execute_request(self, stream, ident, parent) -> None:
         """Reply as soon as the inner kernel has; go idle once its output is all relayed."""
         await super().execute_request(stream, ident, parent)
-        relay = self._settling.pop(parent["header"]["msg_id"], None)
-        if relay is not None:
+        # A request still pending is the current relay's; after a restart it is gone.
+        if self.inner is not None and self.inner.relay is not None:
             try:
-                await relay.settle(parent["header"]["msg_id"])
+                await self.inner.relay.settle(parent["header"]["msg_id"])
             except InnerKernelDied:
                 pass
 
