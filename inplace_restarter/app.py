@@ -1,32 +1,115 @@
-"""The kernel application: binds the client's sockets as ipykernel does, then proxies."""
+"""The kernel process: binds the sockets the client connects to, then runs the proxy.
+
+A kernel's side of the connection (the connection file, CURVE, the heartbeat,
+the control thread, exiting with the parent) is put together from ipykernel's
+own parts, as its ``IPKernelApp`` does.  The proxy does not use
+``IPKernelApp`` itself: that is an IPython application, and importing it
+brings in IPython's whole shell, which the proxy never runs.
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
 import sys
+import threading
+import typing as t
+from pathlib import Path
 
-from ipykernel.kernelapp import IPKernelApp, kernel_aliases, kernel_flags
-from traitlets import Any, List, Type, Unicode
+import zmq
+from ipykernel.control import ControlThread
+from ipykernel.heartbeat import Heartbeat
+from ipykernel.parentpoller import ParentPollerUnix
+from jupyter_client.connect import ConnectionFileMixin, write_connection_file
+from jupyter_client.session import Session, session_aliases, session_flags
+from jupyter_core.paths import jupyter_config_path, jupyter_runtime_dir
+from tornado.ioloop import IOLoop
+from traitlets import Any, Integer, List, Unicode
+from traitlets.config import Application, catch_config_error
+from traitlets.utils import filefind
+from zmq.eventloop.zmqstream import ZMQStream
 
 from . import kernelspec
-from .inner import inner_kernel_spec
+from .inner import InnerKernel, inner_kernel_spec
 from .kernel import ProxyKernel
+from .rescue import RescuePolicy
 
 
-class ProxyKernelApp(IPKernelApp):
+class MainLoopIOPub:
+    """The client's iopub socket, sent on from the proxy's main loop.
+
+    ipykernel passes every iopub message to a thread of its own, so that a
+    busy main thread cannot hold back output printed by other threads.  The
+    proxy runs no user code and relays nearly all of its iopub from the main
+    loop, where the handoff only added a thread switch to each message.  Sends
+    from other threads (the control thread's busy and idle) are passed to the
+    main loop instead.  Stands in for ipykernel's ``IOPubThread`` and, as
+    ``background_socket``, for the socket ipykernel sends on.
+    """
+
+    def __init__(self, socket: zmq.Socket, session: Session):
+        self.socket = socket
+        self.session = session
+        self.background_socket = self
+        self.io_loop = IOLoop.current()
+        self._main = threading.get_ident()
+        self._subscriptions = ZMQStream(socket, self.io_loop)
+        self._subscriptions.on_recv(self._on_subscription)
+
+    def _on_subscription(self, frames: list[bytes]) -> None:
+        """Greet each new subscriber with ``iopub_welcome``, as ipykernel 7 does."""
+        for frame in frames:
+            if frame[:1] == b"\x01":
+                topic = frame[1:]
+                self.session.send(
+                    self.socket,
+                    "iopub_welcome",
+                    {"subscription": topic.decode("utf-8", "replace")},
+                    ident=topic or None,
+                )
+
+    def send_multipart(self, frames: list, **kwargs: t.Any) -> None:
+        if threading.get_ident() == self._main:
+            self.socket.send_multipart(frames, **kwargs)
+        else:
+            self.io_loop.add_callback(self.socket.send_multipart, frames, **kwargs)
+
+    def send(self, frame: bytes, **kwargs: t.Any) -> None:
+        self.send_multipart([frame], **kwargs)
+
+
+class ProxyKernelApp(Application, ConnectionFileMixin):
     """``python -m inplace_restarter -f CONNECTION_FILE --resource-dir=SPEC_DIR``."""
 
-    name = "inplace-restarter"
+    name = "inplace_restarter"
     description = """\
 Run as a kernel: relay to the kernel of SPEC_DIR/kernel.json (or the argv
-given after '--') and restart it in place on %restart.
+given after '--') and restart it in place on %restart.  Configurable in
+inplace_restarter_config.py in the Jupyter config folders.
 
 To put the proxy in front of your kernelspecs, use the commands instead:
 python -m inplace_restarter list|install|remove|wizard --help"""
-    subcommands: dict = {}
+    classes = [ProxyKernel, RescuePolicy, InnerKernel, Session]
 
-    kernel_class = Type(ProxyKernel, klass=ProxyKernel)
-    # The proxy's own stdout and stderr are its log, not cell output.
-    outstream_class = Unicode(None, allow_none=True)
+    aliases = {
+        **Application.aliases,
+        **session_aliases,
+        "f": "ProxyKernelApp.connection_file",
+        "ip": "ProxyKernelApp.ip",
+        "transport": "ProxyKernelApp.transport",
+        "shell": "ProxyKernelApp.shell_port",
+        "iopub": "ProxyKernelApp.iopub_port",
+        "stdin": "ProxyKernelApp.stdin_port",
+        "control": "ProxyKernelApp.control_port",
+        "hb": "ProxyKernelApp.hb_port",
+        "resource-dir": "ProxyKernelApp.resource_dir",
+    }
+    flags = {
+        **Application.flags,
+        **session_flags,
+        "standby": ({"ProxyKernel": {"standby": True}}, "Keep a spare kernel started, for a %restart at once."),
+    }
 
     resource_dir = Unicode(
         "", config=True, help="Folder of the kernel.json whose saved original argv starts the inner kernel."
@@ -36,42 +119,155 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         config=True,
         help="The inner kernel's argv, overriding the kernel.json's (also given after '--').",
     )
-
+    parent_pid = Integer(
+        int(os.environ.get("JPY_PARENT_PID") or 0),
+        config=True,
+        help="Exit when this process (the one that started the kernel) is gone; 0 for never.",
+    )
     prelaunched = Any(None, help="(manager, runtime folder) of an inner kernel launched before the app.")
 
-    aliases = {**kernel_aliases, "resource-dir": "ProxyKernelApp.resource_dir"}
-    flags = {
-        **kernel_flags,
-        "standby": ({"ProxyKernel": {"standby": True}}, "Keep a spare kernel started, for a %restart at once."),
-    }
+    kernel = Any()
+    #: the channels, each with a ``<name>_port`` trait
+    ports = ("shell", "iopub", "stdin", "control", "hb")
 
+    @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
+        self.load_config_file(f"{self.name}_config", path=jupyter_config_path())
         # traitlets filters at the handler; at the logger, every log.debug on
         # the relay path would still build a record.
         self.log.setLevel(self.log_level)
         if self.extra_args:
             self.inner_argv = self.extra_args
         try:
-            self.kernel.inner_spec = inner_kernel_spec(self.resource_dir, self.inner_argv)
+            inner_spec = inner_kernel_spec(self.resource_dir, self.inner_argv)
         except kernelspec.SpecError as e:
             self.log.critical("%s", e)
             self.exit(2)
+        self.init_connection_file()
+        self.init_sockets()
+        self.write_connection_file()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.kernel = ProxyKernel.instance(
+            parent=self,
+            session=self.session,
+            shell_stream=ZMQStream(self.shell_socket),
+            control_stream=ZMQStream(self.control_socket, self.control_thread.io_loop),
+            control_thread=self.control_thread,
+            iopub_thread=self.iopub,
+            iopub_socket=self.iopub.background_socket,
+            stdin_socket=self.stdin_socket,
+            log=self.log,
+            inner_spec=inner_spec,
+        )
+        self.kernel.record_ports({f"{name}_port": getattr(self, f"{name}_port") for name in self.ports})
         if self.prelaunched is not None:
             self.kernel.adopt(*self.prelaunched)
 
-    def init_profile_dir(self) -> None:
-        """Also read ``inplace_restarter_config.py`` from the Jupyter config folders."""
-        super().init_profile_dir()
-        from jupyter_core.paths import jupyter_config_path
+    def init_connection_file(self) -> None:
+        """Read the ports and key the client chose; without a file, pick them and write one."""
+        if not self.connection_file:
+            self.connection_file = str(Path(jupyter_runtime_dir()) / f"kernel-{os.getpid()}.json")
+        try:
+            self.connection_file = filefind(self.connection_file, [".", jupyter_runtime_dir()])
+        except OSError:
+            Path(self.connection_file).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return
+        try:
+            self.load_connection_file()
+        except Exception as e:
+            self.log.critical("Cannot read the connection file %s: %s", self.connection_file, e)
+            self.exit(1)
 
-        self.config_file_paths[:0] = jupyter_config_path()
+    def init_sockets(self) -> None:
+        if self.curve_secretkey is not None:
+            self.log.info("Using CurveZMQ transport encryption")
+        elif self.transport == "tcp":
+            self.log.warning(
+                "Kernel is running over TCP without encryption: code and outputs are sent in plain text."
+                " Use IPC transport or CurveZMQ keys provisioned by the kernel manager to encrypt them."
+            )
+        self.context = zmq.Context()
+        atexit.register(self.close)
+        self.shell_socket, self.stdin_socket, self.control_socket = (
+            self._bound(zmq.ROUTER, name) for name in ("shell", "stdin", "control")
+        )
+        for socket in (self.shell_socket, self.stdin_socket, self.control_socket):
+            # ipykernel#270: a client that reconnects with the same identity takes over.
+            socket.router_handover = 1
+        self.iopub = MainLoopIOPub(self._bound(zmq.XPUB, "iopub"), self.session)
+        # Its own context, as ipykernel's: the heartbeat must not wait on the GIL.
+        self.heartbeat = Heartbeat(
+            zmq.Context(),
+            (self.transport, self.ip, self.hb_port),
+            curve_publickey=self.curve_publickey,
+            curve_secretkey=self.curve_secretkey,
+        )
+        self.hb_port = self.heartbeat.port
+        self.heartbeat.start()
+        self.control_thread = ControlThread(daemon=True)
+        self.control_thread.start()
 
-    def init_control(self, context) -> None:
-        super().init_control(context)
-        # Kernel subshells are not forwarded: without the shell channel thread
-        # the proxy neither advertises nor half-supports them.
-        self.shell_channel_thread = None
+    def _bound(self, kind: int, name: str) -> zmq.Socket:
+        """A socket of ``kind`` bound to the port of channel ``name``; port 0 picks one."""
+        socket = self.context.socket(kind)
+        socket.linger = 1000
+        if self.curve_secretkey is not None:
+            socket.curve_secretkey = self.curve_secretkey
+            socket.curve_publickey = self.curve_publickey
+            socket.curve_server = True
+        port = getattr(self, f"{name}_port")
+        if self.transport == "tcp":
+            if port <= 0:
+                port = socket.bind_to_random_port(f"tcp://{self.ip}")
+            else:
+                socket.bind(f"tcp://{self.ip}:{port}")
+        else:
+            if port <= 0:
+                port = 1
+                while Path(f"{self.ip}-{port}").exists():
+                    port += 1
+            socket.bind(f"ipc://{self.ip}-{port}")
+        setattr(self, f"{name}_port", port)
+        return socket
+
+    def write_connection_file(self) -> None:
+        """Write the connection file when the proxy chose the ports itself."""
+        if Path(self.connection_file).exists():
+            return
+        info = {f"{name}_port": getattr(self, f"{name}_port") for name in self.ports}
+        write_connection_file(
+            self.connection_file,
+            ip=self.ip,
+            key=self.session.key,
+            transport=self.transport,
+            signature_scheme=self.session.signature_scheme,
+            curve_publickey=self.curve_publickey,
+            curve_secretkey=self.curve_secretkey,
+            **info,
+        )
+        atexit.register(Path(self.connection_file).unlink, missing_ok=True)
+        self.log.info("To connect another client to this kernel, use: --existing %s", self.connection_file)
+
+    def start(self) -> None:
+        if self.parent_pid > 1:
+            ParentPollerUnix(parent_pid=self.parent_pid).start()
+        self.kernel.start()
+        try:
+            IOLoop.current().start()
+        except KeyboardInterrupt:
+            pass
+
+    def close(self) -> None:
+        """Close the client's sockets, letting the last replies out (their linger)."""
+        if self.control_thread.is_alive():
+            self.control_thread.stop()
+            self.control_thread.join()
+        for socket in (self.shell_socket, self.stdin_socket, self.control_socket, self.iopub.socket):
+            socket.close()
+        self.context.term()
+        self.heartbeat.context.term()
+
 
 def launch(argv: list[str] | None = None, prelaunched=None) -> None:
     ProxyKernelApp.launch_instance(argv if argv is not None else sys.argv[1:], prelaunched=prelaunched)

@@ -1,0 +1,91 @@
+"""The kernel process: the sockets a client connects to, and what it imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import psutil
+import zmq
+from jupyter_client import BlockingKernelClient
+from jupyter_client.session import Session
+
+from .helpers import IPYKERNEL_ARGV, PYTHON, execute, stdout_of
+
+HEAVY = ("IPython.core.interactiveshell", "IPython.terminal", "prompt_toolkit", "jedi")
+
+
+def test_the_kernel_process_leaves_ipythons_shell_unimported():
+    """ipykernel's kernel base needs one IPython exception; IPython's shell costs a third of the proxy."""
+    code = (
+        "import sys, json\n"
+        "from inplace_restarter.__main__ import defer_ipython_init\n"
+        "defer_ipython_init()\n"
+        "import inplace_restarter.app\n"
+        f"loaded = [m for m in sys.modules if m.startswith({HEAVY!r})]\n"
+        "import IPython\n"
+        "print(json.dumps([loaded, IPython.version_info[0], 'prompt_toolkit' in sys.modules]))\n"
+    )
+    loaded, major, used = json.loads(subprocess.check_output([PYTHON, "-c", code], timeout=60))
+    assert loaded == []
+    assert major >= 8 and used, "the package's own init still runs once it is used"
+
+
+def test_without_a_connection_file_the_kernel_writes_one_and_serves(jupyter_dirs, tmp_path):
+    runtime = jupyter_dirs["JUPYTER_RUNTIME_DIR"]
+    proc = subprocess.Popen([PYTHON, "-m", "inplace_restarter", "--", *IPYKERNEL_ARGV], stderr=subprocess.DEVNULL)
+    connection_file = runtime / f"kernel-{proc.pid}.json"
+    kc = BlockingKernelClient(connection_file=str(connection_file))
+    try:
+        deadline = time.monotonic() + 30
+        while not connection_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kc.load_connection_file()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        _, outputs = execute(kc, "print('served')")
+        assert stdout_of(outputs) == "served\n"
+        kc.shutdown()
+        proc.wait(timeout=30)
+        assert not connection_file.exists(), "a connection file the kernel wrote is removed at exit"
+    finally:
+        kc.stop_channels()
+        children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        for p in [proc, *children]:
+            p.kill()
+        proc.wait(timeout=10)
+
+
+def test_each_new_iopub_subscription_is_welcomed(proxy):
+    """ipykernel 7 greets each new subscription, which proves to the client that it is subscribed."""
+    km, _ = proxy
+    socket = zmq.Context.instance().socket(zmq.SUB)
+    socket.linger = 0
+    try:
+        socket.connect(f"tcp://{km.ip}:{km.iopub_port}")
+        socket.subscribe(b"mine")
+        assert socket.poll(10_000), "no iopub_welcome"
+        session = Session(key=km.session.key)
+        _, frames = session.feed_identities(socket.recv_multipart())
+        msg = session.deserialize(frames)
+        assert msg["header"]["msg_type"] == "iopub_welcome"
+        assert msg["content"] == {"subscription": "mine"}
+    finally:
+        socket.close()
+
+
+def test_control_requests_report_busy_and_idle_on_iopub(proxy):
+    """The control thread's status messages reach iopub through the main loop, in order."""
+    _, kc = proxy
+    msg = kc.session.msg("kernel_info_request")
+    kc.control_channel.send(msg)
+    reply = kc.control_channel.get_msg(timeout=10)
+    assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
+    states = []
+    while "idle" not in states:
+        status = kc.get_iopub_msg(timeout=10)
+        if status["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+            states.append(status["content"]["execution_state"])
+    assert states == ["busy", "idle"]
