@@ -82,6 +82,8 @@ class Relay:
         self.comms: dict[str, str] = {}
         self._input_request: dict | None = None
         self._subscribed = asyncio.Event()
+        self._closed = False
+        exited.add_done_callback(self._abandon)
         # Callbacks on the event loop, not awaited receives: a future per
         # message was a sixth of the proxy's CPU on the relay path.
         self._streams = []
@@ -165,10 +167,28 @@ class Relay:
             self.pending.pop(msg_id, None)
 
     async def _until(self, future: asyncio.Future) -> None:
-        """Wait for ``future`` unless the inner kernel dies first."""
-        await asyncio.wait([future, self.exited], return_when=asyncio.FIRST_COMPLETED)
-        if not future.done() or future.cancelled():
-            raise InnerKernelDied(self.exited.result() if self.exited.done() else None)
+        """Wait for ``future`` unless the inner kernel dies (or the relay closes) first.
+
+        Both cancel every pending future, so a wait costs one await.
+        """
+        try:
+            if self._gone and not future.done():
+                future.cancel()
+            await future
+        except asyncio.CancelledError:
+            if self._gone and future.cancelled():
+                raise InnerKernelDied(self.exited.result() if self.exited.done() else None) from None
+            raise
+
+    @property
+    def _gone(self) -> bool:
+        return self._closed or self.exited.done()
+
+    def _abandon(self, *_: t.Any) -> None:
+        """The inner kernel is gone: no reply or idle will come."""
+        for pending in self.pending.values():
+            for future in (pending.reply, pending.idle):
+                future.cancel()
 
     async def wait_ready(self, timeout: float) -> dict:
         """Ask kernel_info until the reply is in and iopub is known to be subscribed.
@@ -307,8 +327,6 @@ class Relay:
             # Unregisters the socket from the loop before closing it, so its
             # file descriptor can serve a later incarnation's socket.
             stream.close(linger=0)
-        for pending in self.pending.values():
-            for future in (pending.reply, pending.idle):
-                if not future.done():
-                    future.cancel()
+        self._closed = True
+        self._abandon()
         self.client.stop_channels()
