@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 import typing as t
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from pathlib import Path
 
 from ipykernel.kernelbase import Kernel
@@ -25,7 +25,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
 from .inner import InnerKernel, private_runtime_dir
-from .relay import InnerKernelDied
+from .relay import InnerKernelDied, decoded
 from .rescue import Rescuer, RescuePolicy
 
 RESTART_HELP = """\
@@ -108,6 +108,10 @@ class ProxyKernel(Kernel):
         self._abort_through = 0
         #: old kernels shutting down in the background after a swap to the spare
         self._retiring: set[asyncio.Task] = set()
+        #: shell messages received and not yet handled
+        self._queued = 0
+        #: the execute request forwarded as it arrived, whose busy is already out
+        self._forwarded_early: str | None = None
         atexit.register(self._cleanup)
 
     def adopt(self, manager, runtime_dir: Path) -> None:
@@ -123,6 +127,9 @@ class ProxyKernel(Kernel):
         self._loop.add_signal_handler(signal.SIGTERM, self._terminate)
         self._stdin_stream = ZMQStream(self.stdin_socket)
         self._stdin_stream.on_recv(self._on_stdin, copy=False)
+        # One context for all shell messages, as ipykernel's base keeps.
+        self._shell_context = copy_context()
+        self.shell_stream.on_recv(self._on_shell, copy=False)
         self.io_loop.add_callback(self._start_inner)
 
     async def _start_inner(self) -> None:
@@ -358,6 +365,52 @@ class ProxyKernel(Kernel):
         """Interrupt the inner kernel, by its own interrupt mode; see Rescuer.interrupt."""
         await self._on_main(self.rescuer.interrupt())
 
+    def _on_shell(self, msg: list) -> asyncio.Task:
+        self._forward_early(msg)
+        self._queued += 1
+        self._received += 1
+        self._sequence[id(msg)] = self._received
+        return asyncio.create_task(self.shell_main(None, msg), context=self._shell_context)
+
+    def _forward_early(self, msg: list) -> None:
+        """Send an execute request on to the inner kernel the moment it arrives.
+
+        ipykernel's base publishes busy and unpacks the request again before
+        do_execute forwards it; forwarding first takes that off the round
+        trip.  Only a plain cell to an idle proxy: anything queued or a
+        %restart, a notice to print first, or a restart under way takes the
+        usual path, as does any message ipykernel would refuse.  The busy
+        goes out at once, before anything the inner kernel can send for it.
+        """
+        if self._queued or not self.ready.is_set() or self.inner is None or self.rescuer.has_notice:
+            return
+        relay = self.inner.relay
+        try:
+            ident, parent = decoded(self.session, msg)
+            signature = msg[len(ident) + 1].bytes
+        except Exception:
+            return
+        if (
+            relay is None
+            or signature in self.session.digest_history
+            or parent["header"].get("msg_type") != "execute_request"
+            or not isinstance(parent["content"].get("code"), str)
+            or parse_restart(parent["content"]["code"]) is not None
+        ):
+            return
+        relay.send(parent, ident)
+        self._forwarded_early = parent["header"]["msg_id"]
+        Kernel._publish_status(self, "busy", "shell", parent)
+
+    def _publish_status(self, status: str, channel: str, parent: dict | None = None) -> None:
+        """As the base does, but once only for a request forwarded early."""
+        if self._forwarded_early is not None and status == "busy":
+            msg_id = (parent or self.get_parent(channel))["header"].get("msg_id")
+            if msg_id == self._forwarded_early:
+                self._forwarded_early = None
+                return
+        super()._publish_status(status, channel, parent)
+
     async def shell_main(self, subshell_id: str | None, msg: list) -> None:
         """Order shell messages as a kernel does while the proxy waits on the inner one.
 
@@ -366,22 +419,23 @@ class ProxyKernel(Kernel):
         the shell; a kernel only does that while a cell runs, so the proxy
         queues them behind any other request, with a busy and idle each.
         """
-        self._received += 1
-        self._sequence[id(msg)] = self._received
-        if self._main_asyncio_lock.locked():
-            try:
-                _, frames = self.session.feed_identities(msg, copy=False)
-                msg_type = self.session.deserialize(frames, content=False, copy=False)["header"]["msg_type"]
-            except Exception:
-                msg_type = None
-            if msg_type == "interrupt_request":
-                await self.dispatch_shell(msg, subshell_id=subshell_id, concurrent=True)
-                return
-            if msg_type in COMM_MSG_TYPES and self.running_cell is None:
-                async with self._main_asyncio_lock:
-                    await self.dispatch_shell(msg, subshell_id=subshell_id)
-                return
-        await super().shell_main(subshell_id, msg)
+        try:
+            if self._main_asyncio_lock.locked():
+                try:
+                    _, frames = self.session.feed_identities(msg, copy=False)
+                    msg_type = self.session.deserialize(frames, content=False, copy=False)["header"]["msg_type"]
+                except Exception:
+                    msg_type = None
+                if msg_type == "interrupt_request":
+                    await self.dispatch_shell(msg, subshell_id=subshell_id, concurrent=True)
+                    return
+                if msg_type in COMM_MSG_TYPES and self.running_cell is None:
+                    async with self._main_asyncio_lock:
+                        await self.dispatch_shell(msg, subshell_id=subshell_id)
+                    return
+            await super().shell_main(subshell_id, msg)
+        finally:
+            self._queued -= 1
 
     async def dispatch_shell(self, msg: list, /, subshell_id: str | None = None, *, concurrent: bool = False):
         """Abort exactly the execute requests received before a failed cell's reply.

@@ -51,6 +51,36 @@ def describe_exit(returncode: int | None) -> str:
     return f"The kernel exited with code {returncode}"
 
 
+def verified(session: Session, frames: list) -> tuple[list[bytes], str, list, list]:
+    """Split a raw message (of zmq Frames) and check its signature.
+
+    Returns the identities (or topic), the message type, [header, parent,
+    metadata, content] (content as the received frame) and the buffers.
+    """
+    delim = next(i for i, frame in enumerate(frames) if frame.bytes == DELIM)
+    idents = [frame.bytes for frame in frames[:delim]]
+    signature = frames[delim + 1].bytes
+    header, parent, metadata = (frame.bytes for frame in frames[delim + 2 : delim + 5])
+    content = frames[delim + 5]
+    parts = [header, parent, metadata, content.buffer]
+    if session.auth is not None and not compare_digest(signature, session.sign(parts)):
+        raise ValueError("invalid signature")
+    parts[3] = content
+    return idents, json.loads(header)["msg_type"], parts, frames[delim + 6 :]
+
+
+def decoded(session: Session, frames: list) -> tuple[list[bytes], dict]:
+    """The identities and the verified message as a dict, its dates left as the strings they came as.
+
+    Unlike ``Session.deserialize`` this does not record the signature
+    against replays, so the same message can be read again by ipykernel.
+    """
+    idents, _, parts, buffers = verified(session, frames)
+    header, parent, metadata, content = (json.loads(part if isinstance(part, bytes) else part.bytes) for part in parts)
+    msg = {"header": header, "parent_header": parent, "metadata": metadata, "content": content, "buffers": buffers}
+    return idents, msg
+
+
 @dataclass
 class Pending:
     """A forwarded request, until its reply and its idle status are back."""
@@ -145,8 +175,9 @@ class Relay:
         comes last, as a kernel's does.  Without, the caller owes a
         :meth:`settle` once it has answered the client.
         """
-        pending = self.send(parent, ident, channel, **options)
         msg_id = parent["header"]["msg_id"]
+        # A request the proxy forwarded as it arrived is pending already.
+        pending = self.pending.get(msg_id) or self.send(parent, ident, channel, **options)
         try:
             await self._until(pending.reply)
         except BaseException:
@@ -220,15 +251,9 @@ class Relay:
 
     # -- what the inner kernel sends ------------------------------------------
 
-    def _decoded(self, frames: list) -> dict:
-        """A verified message as a dict, its dates left as the strings they came as."""
-        _, msg_type, parts, buffers = self._verified(frames)
-        header, parent, metadata, content = (json.loads(part if isinstance(part, bytes) else part.bytes) for part in parts)
-        return {"header": header, "parent_header": parent, "metadata": metadata, "content": content, "buffers": buffers}
-
     def _on_reply(self, frames: list) -> None:
         try:
-            msg = self._decoded(frames)
+            msg = decoded(self.session, frames)[1]
         except Exception:
             self.log.warning("Dropped a malformed reply from the inner kernel", exc_info=True)
             return
@@ -245,7 +270,7 @@ class Relay:
         so the client sees one kernel whatever the inner kernel's incarnation.
         """
         try:
-            topic, msg_type, parts, buffers = self._verified(frames)
+            topic, msg_type, parts, buffers = verified(self.session, frames)
         except Exception:
             self.log.warning("Dropped a malformed iopub message from the inner kernel", exc_info=True)
             return
@@ -268,26 +293,9 @@ class Relay:
         parts[0] = out.pack(out.msg_header(msg_type))
         proxy.iopub_socket.send_multipart([*topic, DELIM, out.sign(parts), *parts, *buffers], copy=False)
 
-    def _verified(self, frames: list) -> tuple[list[bytes], str, list, list]:
-        """Split a raw message and check the inner kernel's signature.
-
-        Returns the topic, the message type, [header, parent, metadata,
-        content] (content as the received frame) and the buffers.
-        """
-        delim = next(i for i, frame in enumerate(frames) if frame.bytes == DELIM)
-        topic = [frame.bytes for frame in frames[:delim]]
-        signature = frames[delim + 1].bytes
-        header, parent, metadata = (frame.bytes for frame in frames[delim + 2 : delim + 5])
-        content = frames[delim + 5]
-        parts = [header, parent, metadata, content.buffer]
-        if self.session.auth is not None and not compare_digest(signature, self.session.sign(parts)):
-            raise ValueError("invalid signature")
-        parts[3] = content
-        return topic, json.loads(header)["msg_type"], parts, frames[delim + 6 :]
-
     def _on_stdin(self, frames: list) -> None:
         try:
-            msg = self._decoded(frames)
+            msg = decoded(self.session, frames)[1]
         except Exception:
             self.log.warning("Dropped a malformed stdin message from the inner kernel", exc_info=True)
             return

@@ -74,6 +74,10 @@ class Rescuer:
         notice, self._notice = self._notice, None
         return notice
 
+    @property
+    def has_notice(self) -> bool:
+        return self._notice is not None
+
     async def watch(self, inner: InnerKernel) -> None:
         """Notice the moment the inner kernel dies, even while nothing runs."""
         returncode = await asyncio.shield(inner.exited)
