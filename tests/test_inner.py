@@ -94,3 +94,14 @@ def test_a_proxy_cleans_up_the_folders_of_proxies_killed_before_it(specs, jupyte
     assert left, "SIGKILL leaves the killed proxy's folder behind"
     with running("proxied"):
         assert not any(folder.exists() for folder in left)
+
+
+def test_a_kernel_shutting_down_for_a_restart_yields_the_cpu_to_its_successor(proxy, tmp_path):
+    km, kc = proxy
+    seen = tmp_path / "niceness"
+    execute(kc, f"import atexit, os\natexit.register(lambda: open({str(seen)!r}, 'w').write(str(os.nice(0))))")
+    reply, _ = execute(kc, "%restart")
+    assert reply["content"]["status"] == "ok"
+    assert seen.read_text() == "19", "the old kernel ran its exit at the lowest priority"
+    _, outputs = execute(kc, "import os; print(os.nice(0))")
+    assert stdout_of(outputs) == "0\n", "the new kernel runs at normal priority"
