@@ -206,6 +206,9 @@ class InnerKernel(LoggingConfigurable):
         # Plain sockets, read by callbacks on the proxy's loop (see Relay); the
         # client's blocking methods are never called.
         client = BlockingKernelClient(**self.manager.get_connection_info(session=True), parent=self.manager)
+        # The kernel binds its ports only once it has imported itself; zmq
+        # retries a refused connection every 0.1 s by default.
+        client.context.setsockopt(zmq.RECONNECT_IVL, 10)
         client.start_channels(hb=False)
         self.relay = Relay(client, self.proxy, self.exited, self.log)
         self.kernel_info = await self.relay.wait_ready(self.startup_timeout)
