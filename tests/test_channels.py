@@ -17,6 +17,13 @@ def _echo(comm, open_msg):
 get_ipython().kernel.comm_manager.register_target("echo", _echo)
 """
 
+RECORDING_TARGET = """
+seen = []
+def _record(comm, open_msg):
+    comm.on_msg(lambda msg: seen.append(msg["content"]["data"]["n"]))
+get_ipython().kernel.comm_manager.register_target("record", _record)
+"""
+
 
 def iopub_until_idle(kc, msg_id: str, timeout: float = 10) -> list[dict]:
     """The iopub messages with parent ``msg_id``, up to its idle status."""
@@ -175,3 +182,15 @@ def test_a_burst_of_requests_gets_one_busy_and_one_idle_each_as_from_a_kernel(pr
     assert statuses == [(msg_id, state) for msg_id in ids.values() for state in ("busy", "idle")]
     assert reply_to(kc, ids["history"])["msg_type"] == "history_reply"
     assert reply_to(kc, ids["comm_info"])["content"]["comms"] == {"b1": {"target_name": "echo"}}
+
+
+def test_a_cell_sent_right_after_comm_messages_runs_after_them(proxy):
+    """As a widget's changes reach a kernel before the next cell: the shell channel keeps its order."""
+    _, kc = proxy
+    execute(kc, RECORDING_TARGET)
+    iopub_until_idle(kc, send(kc, "shell", "comm_open", {"comm_id": "r1", "target_name": "record", "data": {}}))
+    for n in range(0, 60, 2):
+        send(kc, "shell", "comm_msg", {"comm_id": "r1", "data": {"n": n}})
+        send(kc, "shell", "comm_msg", {"comm_id": "r1", "data": {"n": n + 1}})
+        _, outputs = execute(kc, "print(seen[-1])")
+        assert stdout_of(outputs) == f"{n + 1}\n"
