@@ -33,6 +33,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 from . import kernelspec
 from .inner import InnerKernel, inner_kernel_spec
 from .kernel import ProxyKernel
+from .relay import send_frames
 from .rescue import RescuePolicy
 
 
@@ -69,14 +70,14 @@ class MainLoopIOPub:
                     ident=topic or None,
                 )
 
-    def send_multipart(self, frames: list, **kwargs: t.Any) -> None:
+    def send_multipart(self, frames: list, copy: bool = True, **kwargs: t.Any) -> None:
         if threading.get_ident() == self._main:
-            self.socket.send_multipart(frames, **kwargs)
+            send_frames(self.socket, frames, copy)
         else:
-            self.io_loop.add_callback(self.socket.send_multipart, frames, **kwargs)
+            self.io_loop.add_callback(send_frames, self.socket, frames, copy)
 
-    def send(self, frame: bytes, **kwargs: t.Any) -> None:
-        self.send_multipart([frame], **kwargs)
+    def send(self, frame: bytes, copy: bool = True, **kwargs: t.Any) -> None:
+        self.send_multipart([frame], copy)
 
 
 class ReplyStream(ZMQStream):
@@ -87,7 +88,10 @@ class ReplyStream(ZMQStream):
     """
 
     def send_multipart(self, msg: list, flags: int = 0, copy: bool = True, track: bool = False, **kwargs: t.Any):
-        self.socket.send_multipart(msg, flags, copy=copy, track=track)
+        if flags or track:
+            self.socket.send_multipart(msg, flags, copy=copy, track=track)
+        else:
+            send_frames(self.socket, msg, copy)
 
 
 class ProxyKernelApp(Application, ConnectionFileMixin):

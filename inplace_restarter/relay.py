@@ -17,6 +17,7 @@ import typing as t
 from dataclasses import dataclass, field
 from hmac import compare_digest
 
+import zmq
 from jupyter_client.session import DELIM, Session
 from zmq.eventloop.zmqstream import ZMQStream
 
@@ -49,6 +50,20 @@ def describe_exit(returncode: int | None) -> str:
             name = f"signal {-returncode}"
         return f"The kernel died of {name}"
     return f"The kernel exited with code {returncode}"
+
+
+_SNDMORE = int(zmq.SNDMORE)
+
+
+def send_frames(socket: zmq.Socket, frames: list, copy: bool = True) -> None:
+    """``socket.send_multipart``, without its enum arithmetic on every frame.
+
+    pyzmq computes ``zmq.SNDMORE | flags`` per frame, which builds an IntFlag
+    member each time: a tenth of the proxy's CPU on the relay path.
+    """
+    for frame in frames[:-1]:
+        socket.send(frame, _SNDMORE, copy=copy)
+    socket.send(frames[-1], 0, copy=copy)
 
 
 def verified(session: Session, frames: list) -> tuple[list[bytes], str, list, list]:
@@ -146,16 +161,15 @@ class Relay:
         header = parent["header"]
         pending = Pending(parent, ident, skip_execute_input=skip_execute_input)
         self.pending[header["msg_id"]] = pending
-        socket = getattr(self.client, f"{channel}_channel").socket
-        self.session.send(
-            socket,
+        msg = self.session.msg(
             header["msg_type"],
             content=parent["content"] if content is None else content,
             parent=parent.get("parent_header") or {},
             header=header,
             metadata=parent.get("metadata") or {},
-            buffers=parent.get("buffers") or None,
         )
+        socket = getattr(self.client, f"{channel}_channel").socket
+        send_frames(socket, [*self.session.serialize(msg), *(parent.get("buffers") or ())], copy=False)
         if self.proxy.log.isEnabledFor(logging.DEBUG):
             self.log.debug("-> inner %s %s", channel, header["msg_type"])
         return pending
