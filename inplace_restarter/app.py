@@ -14,13 +14,13 @@ import os
 import signal
 import sys
 import threading
+import time
 import typing as t
 from pathlib import Path
 
 import zmq
 from ipykernel.control import ControlThread
 from ipykernel.heartbeat import Heartbeat
-from ipykernel.parentpoller import ParentPollerUnix
 from jupyter_client.connect import ConnectionFileMixin, write_connection_file
 from jupyter_client.session import Session, session_aliases, session_flags
 from jupyter_core.paths import jupyter_config_path, jupyter_runtime_dir
@@ -137,7 +137,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
     parent_pid = Integer(
         int(os.environ.get("JPY_PARENT_PID") or 0),
         config=True,
-        help="Exit when this process (the one that started the kernel) is gone; 0 for never.",
+        help="Set (by jupyter_client) to exit when the process that started the kernel is gone; 0 for never.",
     )
     prelaunched = Any(None, help="(manager, runtime folder) of an inner kernel launched before the app.")
 
@@ -266,12 +266,26 @@ python -m inplace_restarter list|install|remove|wizard --help"""
 
     def start(self) -> None:
         if self.parent_pid > 1:
-            ParentPollerUnix(parent_pid=self.parent_pid).start()
+            threading.Thread(target=self._exit_with_parent, name="ParentPoller", daemon=True).start()
         self.kernel.start()
         try:
             IOLoop.current().start()
         except KeyboardInterrupt:
             pass
+
+    def _exit_with_parent(self) -> None:
+        """Exit, inner kernels and all, once the process that started the proxy is gone.
+
+        As ipykernel's ParentPollerUnix does, but that exits at once, without
+        cleaning up: the proxy must not leave its inner kernels or their files.
+        An orphan is reparented, so a change of parent is the sign.
+        """
+        parent = os.getppid()
+        while os.getppid() == parent:
+            time.sleep(1)
+        self.log.warning("The process that started the kernel is gone; exiting")
+        self.kernel.cleanup()
+        os._exit(1)
 
     def close(self) -> None:
         """Close the client's sockets, letting the last replies out (their linger)."""

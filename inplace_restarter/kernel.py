@@ -112,7 +112,7 @@ class ProxyKernel(Kernel):
         self._queued = 0
         #: the execute request forwarded as it arrived, whose busy is already out
         self._forwarded_early: str | None = None
-        atexit.register(self._cleanup)
+        atexit.register(self.cleanup)
 
     def adopt(self, manager, runtime_dir: Path) -> None:
         """Take over an inner kernel launched before the proxy was ready (see inner.prelaunch)."""
@@ -182,10 +182,10 @@ class ProxyKernel(Kernel):
     def _terminate(self) -> None:
         """SIGTERM: take the inner kernel down with us, at once."""
         self.log.info("Terminated; killing the inner kernel")
-        self._cleanup()
+        self.cleanup()
         self.io_loop.stop()
 
-    def _cleanup(self) -> None:
+    def cleanup(self) -> None:
         """Last resort at exit: nothing the proxy started may outlive it."""
         self.stopping = True
         InnerKernel.kill_all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import zmq
 from jupyter_client import BlockingKernelClient
 from jupyter_client.session import Session
 
-from .helpers import IPYKERNEL_ARGV, PYTHON, execute, stdout_of
+from .helpers import IPYKERNEL_ARGV, PYTHON, descendants_of, execute, stdout_of
 
 HEAVY = ("IPython.core.interactiveshell", "IPython.terminal", "prompt_toolkit", "jedi")
 
@@ -89,3 +90,57 @@ def test_control_requests_report_busy_and_idle_on_iopub(proxy):
         if status["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
             states.append(status["content"]["execution_state"])
     assert states == ["busy", "idle"]
+
+
+LAUNCHER = """
+import json, psutil, sys
+from jupyter_client.manager import KernelManager
+km = KernelManager(kernel_name="proxied")
+km.start_kernel()
+kc = km.blocking_client()
+kc.start_channels()
+kc.wait_for_ready(timeout=60)
+proxy = km.provisioner.pid
+print(json.dumps([proxy, [p.pid for p in psutil.Process(proxy).children()]]), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_the_kernel_exits_with_the_process_that_started_it_leaving_nothing(specs, jupyter_dirs):
+    """A Jupyter server that dies without shutting its kernels down leaves no proxy, inner kernel or folder."""
+    launcher = subprocess.Popen([PYTHON, "-c", LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proxy_pid, inner_pids = json.loads(launcher.stdout.readline())
+    procs = [psutil.Process(pid) for pid in (proxy_pid, *inner_pids)]
+    try:
+        folders = list(jupyter_dirs["JUPYTER_RUNTIME_DIR"].glob(f"inplace-restarter-{proxy_pid}-*"))
+        assert inner_pids and folders
+        launcher.communicate("exit\n", timeout=30)
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        assert not alive
+        assert not any(folder.exists() for folder in folders)
+    finally:
+        launcher.kill()
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+
+
+def test_the_kernel_serves_over_ipc_when_the_client_asks(specs, tmp_path):
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="proxied", transport="ipc", ip=str(tmp_path / "kernel"))
+    km.start_kernel()
+    kc = km.blocking_client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        _, outputs = execute(kc, "print('over ipc')")
+        assert stdout_of(outputs) == "over ipc\n"
+        assert len(list(tmp_path.glob("kernel-*"))) == 5, "the proxy's sockets and heartbeat are files there"
+    finally:
+        kc.stop_channels()
+        left = descendants_of(km.provisioner.pid)
+        km.shutdown_kernel(now=True)
+        for proc in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
