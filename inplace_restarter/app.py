@@ -80,20 +80,6 @@ class MainLoopIOPub:
         self.send_multipart([frame], copy)
 
 
-class ReplyStream(ZMQStream):
-    """A shell or control stream whose replies leave at once.
-
-    ZMQStream queues a send until its loop next turns; the proxy's replies
-    are ready only when the inner kernel's are, so they need not wait more.
-    """
-
-    def send_multipart(self, msg: list, flags: int = 0, copy: bool = True, track: bool = False, **kwargs: t.Any):
-        if flags or track:
-            self.socket.send_multipart(msg, flags, copy=copy, track=track)
-        else:
-            send_frames(self.socket, msg, copy)
-
-
 class ProxyKernelApp(Application, ConnectionFileMixin):
     """``python -m inplace_restarter -f CONNECTION_FILE --resource-dir=SPEC_DIR``."""
 
@@ -166,8 +152,8 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         self.kernel = ProxyKernel.instance(
             parent=self,
             session=self.session,
-            shell_stream=ReplyStream(self.shell_socket),
-            control_stream=ReplyStream(self.control_socket, self.control_thread.io_loop),
+            shell_stream=ZMQStream(self.shell_socket),
+            control_stream=ZMQStream(self.control_socket, self.control_thread.io_loop),
             control_thread=self.control_thread,
             iopub_thread=self.iopub,
             iopub_socket=self.iopub.background_socket,
