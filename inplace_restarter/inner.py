@@ -132,6 +132,24 @@ def launch_kwargs() -> dict:
     return kwargs
 
 
+def kill_group(pid: int | None, pgid: int | None) -> None:
+    """SIGKILL a kernel's process group (the kernel and what it started), or the kernel alone."""
+    try:
+        if pgid:
+            os.killpg(pgid, signal.SIGKILL)
+        elif pid is not None:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_if_running(manager: AsyncKernelManager) -> None:
+    """At exit: a prelaunched kernel the proxy did not take over (it failed first) goes too."""
+    process = getattr(manager.provisioner, "process", None)
+    if process is not None and process.poll() is None:
+        kill_group(process.pid, getattr(manager.provisioner, "pgid", None))
+
+
 def prelaunch(argv: list[str]) -> tuple[AsyncKernelManager, Path] | None:
     """Launch the inner kernel before the proxy imports ipykernel, so both start at once.
 
@@ -160,6 +178,7 @@ def prelaunch(argv: list[str]) -> tuple[AsyncKernelManager, Path] | None:
         asyncio.run(manager.start_kernel(**launch_kwargs()))
     except Exception:
         return None
+    atexit.register(_kill_if_running, manager)
     return manager, runtime_dir
 
 
@@ -278,17 +297,7 @@ class InnerKernel(LoggingConfigurable):
                 pass
 
     def kill(self) -> None:
-        """SIGKILL the kernel's process group: the kernel and what it started."""
-        target = self._pgid or self.pid
-        if target is None:
-            return
-        try:
-            if self._pgid:
-                os.killpg(self._pgid, signal.SIGKILL)
-            else:
-                os.kill(target, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(self.pid, self._pgid)
 
     @classmethod
     def kill_all(cls) -> None:

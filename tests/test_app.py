@@ -144,3 +144,22 @@ def test_the_kernel_serves_over_ipc_when_the_client_asks(specs, tmp_path):
         for proc in left:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
+
+
+def test_an_unreadable_connection_file_is_a_one_line_error_and_leaves_no_kernel(jupyter_dirs, tmp_path):
+    connection_file = tmp_path / "kernel.json"
+    connection_file.write_text("{not json")
+    proc = subprocess.run(
+        [PYTHON, "-m", "inplace_restarter", "-f", str(connection_file), "--", *IPYKERNEL_ARGV],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "CRITICAL" in line]
+    assert len(errors) == 1 and f"Cannot read the connection file {connection_file}" in errors[0]
+    runtime = jupyter_dirs["JUPYTER_RUNTIME_DIR"]
+    assert not list(runtime.glob("inplace-restarter-*")), "the inner kernel launched early is gone with its folder"
+    inner = [p for p in psutil.process_iter(["cmdline"]) if str(runtime) in " ".join(p.info["cmdline"] or [])]
+    _, alive = psutil.wait_procs(inner, timeout=5)
+    assert not alive
