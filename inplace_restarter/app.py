@@ -76,9 +76,6 @@ class MainLoopIOPub:
         else:
             self.io_loop.add_callback(send_frames, self.socket, frames, copy)
 
-    def send(self, frame: bytes, copy: bool = True, **kwargs: t.Any) -> None:
-        self.send_multipart([frame], copy)
-
 
 class ProxyKernelApp(Application, ConnectionFileMixin):
     """``python -m inplace_restarter -f CONNECTION_FILE --resource-dir=SPEC_DIR``."""

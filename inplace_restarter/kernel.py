@@ -25,7 +25,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
 from .inner import InnerKernel, private_runtime_dir
-from .relay import InnerKernelDied, decoded
+from .relay import InnerKernelDied, unpacked, verified
 from .rescue import Rescuer, RescuePolicy
 
 RESTART_HELP = """\
@@ -386,14 +386,16 @@ class ProxyKernel(Kernel):
             return
         relay = self.inner.relay
         try:
-            ident, parent = decoded(self.session, msg)
+            ident, msg_type, parts, buffers = verified(self.session, msg)
+            if msg_type != "execute_request":
+                return
+            parent = unpacked(parts, buffers)
             signature = msg[len(ident) + 1].bytes
         except Exception:
             return
         if (
             relay is None
             or signature in self.session.digest_history
-            or parent["header"].get("msg_type") != "execute_request"
             or not isinstance(parent["content"].get("code"), str)
             or parse_restart(parent["content"]["code"]) is not None
         ):

@@ -91,9 +91,13 @@ def decoded(session: Session, frames: list) -> tuple[list[bytes], dict]:
     against replays, so the same message can be read again by ipykernel.
     """
     idents, _, parts, buffers = verified(session, frames)
+    return idents, unpacked(parts, buffers)
+
+
+def unpacked(parts: list, buffers: list) -> dict:
+    """The message of ``verified``'s parts and buffers, as a dict."""
     header, parent, metadata, content = (json.loads(part if isinstance(part, bytes) else part.bytes) for part in parts)
-    msg = {"header": header, "parent_header": parent, "metadata": metadata, "content": content, "buffers": buffers}
-    return idents, msg
+    return {"header": header, "parent_header": parent, "metadata": metadata, "content": content, "buffers": buffers}
 
 
 @dataclass
@@ -265,11 +269,17 @@ class Relay:
 
     # -- what the inner kernel sends ------------------------------------------
 
-    def _on_reply(self, frames: list) -> None:
+    def _decoded(self, frames: list, channel: str) -> dict | None:
+        """A verified message from the inner kernel; None (and a warning) for a malformed one."""
         try:
-            msg = decoded(self.session, frames)[1]
+            return decoded(self.session, frames)[1]
         except Exception:
-            self.log.warning("Dropped a malformed reply from the inner kernel", exc_info=True)
+            self.log.warning("Dropped a malformed %s message from the inner kernel", channel, exc_info=True)
+            return None
+
+    def _on_reply(self, frames: list) -> None:
+        msg = self._decoded(frames, "shell or control")
+        if msg is None:
             return
         pending = self.pending.get(msg["parent_header"].get("msg_id"))
         if pending is not None and not pending.reply.done():
@@ -308,10 +318,8 @@ class Relay:
         proxy.iopub_socket.send_multipart([*topic, DELIM, out.sign(parts), *parts, *buffers], copy=False)
 
     def _on_stdin(self, frames: list) -> None:
-        try:
-            msg = decoded(self.session, frames)[1]
-        except Exception:
-            self.log.warning("Dropped a malformed stdin message from the inner kernel", exc_info=True)
+        msg = self._decoded(frames, "stdin")
+        if msg is None:
             return
         pending = self.pending.get(msg["parent_header"].get("msg_id"))
         if msg["header"]["msg_type"] != "input_request" or pending is None:
