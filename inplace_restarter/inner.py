@@ -1,7 +1,9 @@
 """The inner kernel's lifecycle: start it, know when it is ready or dead, stop it.
 
-Each start makes a new incarnation with its own KernelManager, ports and key,
-so an old kernel can still be shutting down while its successor starts.
+Each start makes a new incarnation with its own KernelManager and ports, so an
+old kernel can still be shutting down while its successor starts.  Every
+incarnation signs with the client's key, so that its output can reach the
+client as it was sent (see relay).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import ctypes
+import json
 import os
 import random
 import shutil
@@ -24,6 +27,7 @@ import zmq.asyncio
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.session import Session
 from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Float, Instance
 from traitlets.config import LoggingConfigurable
@@ -80,11 +84,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def new_manager(spec: KernelSpec, runtime_dir: Path, **kwargs) -> AsyncKernelManager:
-    """A manager for one inner kernel: loopback, a fresh key, a private connection file."""
+def new_manager(spec: KernelSpec, runtime_dir: Path, key: bytes, signature_scheme: str, **kwargs) -> AsyncKernelManager:
+    """A manager for one inner kernel: loopback, the client's key, a private connection file."""
     return AsyncKernelManager(
         kernel_name="inner",
         kernel_spec_manager=_OneSpec(spec=spec),
+        session=Session(key=key, signature_scheme=signature_scheme),
         transport="tcp",
         ip="127.0.0.1",
         connection_file=str(runtime_dir / f"inner-{uuid.uuid4()}.json"),
@@ -143,47 +148,60 @@ def kill_group(pid: int | None, pgid: int | None) -> None:
         pass
 
 
-def _kill_if_running(manager: AsyncKernelManager) -> None:
+def kill_if_running(manager: AsyncKernelManager) -> None:
     """At exit: a prelaunched kernel the proxy did not take over (it failed first) goes too."""
     process = getattr(manager.provisioner, "process", None)
     if process is not None and process.poll() is None:
         kill_group(process.pid, getattr(manager.provisioner, "pgid", None))
 
 
+def _option(argv: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of option ``names`` in ``argv`` (``-f X``, ``-f=X``, ``--f X``...), else None."""
+    for index, arg in enumerate(argv):
+        name, equals, value = arg.partition("=")
+        if name in names:
+            if equals:
+                return value
+            if index + 1 < len(argv):
+                return argv[index + 1]
+    return None
+
+
 def prelaunch(argv: list[str]) -> tuple[AsyncKernelManager, Path] | None:
     """Launch the inner kernel before the proxy imports ipykernel, so both start at once.
 
-    Only the proxy's own arguments that say which kernel to start are read
-    here; on anything unusual this returns None and the proxy starts the
-    kernel later, reporting errors the normal way.
+    Only the proxy's own arguments that say which kernel to start and the
+    key in its connection file are read here; on anything unusual this
+    returns None and the proxy starts the kernel later, reporting errors the
+    normal way.
     """
     resource_dir, inner_argv = None, None
     if "--" in argv:
         inner_argv = argv[argv.index("--") + 1 :]
         argv = argv[: argv.index("--")]
-    for arg in argv:
-        for flag in ("--resource-dir=", "--ProxyKernelApp.resource_dir="):
-            if arg.startswith(flag):
-                resource_dir = arg[len(flag) :]
-    if not (resource_dir or inner_argv):
+    resource_dir = _option(argv, ("--resource-dir", "--ProxyKernelApp.resource_dir"))
+    connection_file = _option(argv, ("-f", "--f", "--ProxyKernelApp.connection_file"))
+    if not (resource_dir or inner_argv) or not connection_file:
         return None
     try:
         spec = inner_kernel_spec(resource_dir, inner_argv)
-    except kernelspec.SpecError:
+        info = json.loads(Path(connection_file).read_text())
+        key, scheme = info["key"].encode(), info.get("signature_scheme", "hmac-sha256")
+    except (kernelspec.SpecError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     runtime_dir = private_runtime_dir()
     atexit.register(shutil.rmtree, runtime_dir, ignore_errors=True)
-    manager = new_manager(spec, runtime_dir)
+    manager = new_manager(spec, runtime_dir, key, scheme)
     try:
         asyncio.run(manager.start_kernel(**launch_kwargs()))
     except Exception:
         return None
-    atexit.register(_kill_if_running, manager)
+    atexit.register(kill_if_running, manager)
     return manager, runtime_dir
 
 
 class InnerKernel(LoggingConfigurable):
-    """One run of the real kernel, reached on loopback with a private key."""
+    """One run of the real kernel, reached on loopback, signing with the client's key."""
 
     #: every incarnation not yet closed, so that none outlives the proxy
     live: t.ClassVar[set[InnerKernel]] = set()
@@ -202,10 +220,14 @@ class InnerKernel(LoggingConfigurable):
     ):
         super().__init__(**kwargs)
         self.proxy = proxy
-        self.manager = manager or new_manager(spec, runtime_dir, parent=self, log=self.log)
+        self.manager = manager or new_manager(
+            spec, runtime_dir, proxy.session.key, proxy.session.signature_scheme, parent=self, log=self.log
+        )
         InnerKernel.live.add(self)
         self.relay: Relay | None = None
         self.kernel_info: dict = {}
+        #: the session id in the headers of everything the kernel sends
+        self.session_id: str = ""
         self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
         self.pid: int | None = None
         self._pgid: int | None = None
@@ -230,7 +252,8 @@ class InnerKernel(LoggingConfigurable):
         client.context.setsockopt(zmq.RECONNECT_IVL, 10)
         client.start_channels(hb=False)
         self.relay = Relay(client, self.proxy, self.exited, self.log)
-        self.kernel_info = await self.relay.wait_ready(self.startup_timeout)
+        reply = await self.relay.wait_ready(self.startup_timeout)
+        self.kernel_info, self.session_id = reply["content"], reply["header"].get("session", "")
 
     def _watch(self, process) -> None:
         """Resolve ``exited`` with the return code the moment the process ends."""

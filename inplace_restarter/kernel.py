@@ -24,7 +24,7 @@ from traitlets import Bool, Instance
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
-from .inner import InnerKernel, private_runtime_dir
+from .inner import InnerKernel, kill_if_running, private_runtime_dir
 from .relay import InnerKernelDied, unpacked, verified
 from .rescue import Rescuer, RescuePolicy
 
@@ -115,8 +115,17 @@ class ProxyKernel(Kernel):
         atexit.register(self.cleanup)
 
     def adopt(self, manager, runtime_dir: Path) -> None:
-        """Take over an inner kernel launched before the proxy was ready (see inner.prelaunch)."""
-        self._first_manager, self._runtime_dir = manager, runtime_dir
+        """Take over an inner kernel launched before the proxy was ready (see inner.prelaunch).
+
+        One that signs with another key than the client's (given on the
+        command line, say) is killed and replaced.
+        """
+        self._runtime_dir = runtime_dir
+        theirs, ours = manager.session, self.session
+        if (theirs.key, theirs.signature_scheme) == (ours.key, ours.signature_scheme):
+            self._first_manager = manager
+        else:
+            kill_if_running(manager)
 
     # -- startup and shutdown ---------------------------------------------------
 
@@ -168,11 +177,20 @@ class ProxyKernel(Kernel):
         raise AssertionError("unreachable")
 
     def _use(self, inner: InnerKernel) -> None:
+        """Serve the client with ``inner``, under its session id.
+
+        The relay passes the kernel's output on as it was signed, so the
+        proxy's own messages (status, replies) take on the same session id:
+        JupyterLab drops what it is still handling of any session but the
+        newest message's, as after any kernel restart.
+        """
         self.inner = inner
         # Kept apart from self.inner, which a restart empties while the control
         # thread may be answering kernel_info.
         self._inner_info = inner.kernel_info
         self.language_info = inner.kernel_info.get("language_info", {})
+        if inner.session_id.isascii():
+            self.session.session = inner.session_id
         self.ready.set()
         self._loop.create_task(self.rescuer.watch(inner))
         self.log.info("Inner kernel %s is ready", inner.pid)

@@ -1,10 +1,12 @@
 """The messages between the client and one inner kernel.
 
 Requests are forwarded with the client's own header, so the inner kernel's
-replies and iopub output already carry the client's request as parent: the
-relay only re-signs them with the client's key.  Content is never decoded on
-the way out, except for the few messages whose meaning the proxy needs
-(status, and comm_open/comm_close to know which comms to close on restart).
+replies and iopub output already carry the client's request as parent.  The
+inner kernel signs with the client's key, and the proxy takes on its session
+id, so iopub output goes to the client frame for frame as the kernel sent it.
+Content is never decoded on the way out, except for the few messages whose
+meaning the proxy needs (status, and comm_open/comm_close to know which comms
+to close on restart).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ if t.TYPE_CHECKING:
 NOT_RELAYED = frozenset({"status", "iopub_welcome", "shutdown_reply"})
 #: iopub messages dropped for requests that asked for it.
 SKIPPABLE = frozenset({"execute_input"})
+#: iopub messages relayed and also read, to know which comms to close on restart.
+TRACKED = frozenset({"comm_open", "comm_close"})
 
 
 class InnerKernelDied(Exception):
@@ -240,7 +244,7 @@ class Relay:
                 future.cancel()
 
     async def wait_ready(self, timeout: float) -> dict:
-        """Ask kernel_info until the reply is in and iopub is known to be subscribed.
+        """Ask kernel_info until the reply (returned) is in and iopub is known to be subscribed.
 
         Any iopub message proves the subscription (ipykernel 7 greets each
         subscriber with ``iopub_welcome``; older kernels' status of the request
@@ -256,7 +260,7 @@ class Relay:
             try:
                 await asyncio.wait_for(self._until(pending.reply), max(0.1, min(2.0, deadline - loop.time())))
                 await asyncio.wait_for(asyncio.shield(subscribed), 0.2)
-                return pending.reply.result()["content"]
+                return pending.reply.result()
             except asyncio.TimeoutError:
                 if loop.time() > deadline:
                     subscribed.cancel()
@@ -286,36 +290,38 @@ class Relay:
             pending.reply.set_result(msg)
 
     def _on_iopub(self, frames: list) -> None:
-        """Relay iopub frames to the client, re-signed, with content and buffers untouched.
+        """Relay iopub frames to the client as they came, signature and all.
 
-        Output is the bulk of what a kernel sends, so nothing is copied or
-        decoded but the header and, where the proxy needs it, the parent or
-        content.  The header is replaced by one of the proxy's own session,
-        so the client sees one kernel whatever the inner kernel's incarnation.
+        The inner kernel signs with the client's key, and the proxy speaks
+        with the inner kernel's session id, so output needs no re-signing:
+        the client checks it as it would the kernel's own.  Output is the bulk
+        of what a kernel sends; the proxy reads only its header, and checks
+        the signature only of what it acts on (status, comm_open/comm_close).
         """
         try:
-            topic, msg_type, parts, buffers = verified(self.session, frames)
+            delim = next(i for i, frame in enumerate(frames) if frame.bytes == DELIM)
+            msg_type = json.loads(frames[delim + 2].bytes)["msg_type"]
+            if msg_type in NOT_RELAYED or msg_type in TRACKED:
+                _, _, parts, _ = verified(self.session, frames)
         except Exception:
             self.log.warning("Dropped a malformed iopub message from the inner kernel", exc_info=True)
             return
         self._subscribed.set()
-        if msg_type in NOT_RELAYED or msg_type in SKIPPABLE:
-            pending = self.pending.get(json.loads(parts[1]).get("msg_id"))
-            if msg_type == "status":
-                if pending is not None and json.loads(parts[3].bytes).get("execution_state") == "idle":
-                    if not pending.idle.done():
-                        pending.idle.set_result(None)
+        if msg_type in NOT_RELAYED:
+            if msg_type == "status" and json.loads(parts[3].bytes).get("execution_state") == "idle":
+                pending = self.pending.get(json.loads(parts[1]).get("msg_id"))
+                if pending is not None and not pending.idle.done():
+                    pending.idle.set_result(None)
+            return
+        if msg_type in SKIPPABLE:
+            pending = self.pending.get(json.loads(frames[delim + 3].bytes).get("msg_id"))
+            if pending is not None and pending.skip_execute_input:
                 return
-            if msg_type in NOT_RELAYED or (pending is not None and pending.skip_execute_input):
-                return
-        if msg_type in ("comm_open", "comm_close"):
+        elif msg_type in TRACKED:
             self._track_comm(msg_type, json.loads(parts[3].bytes))
-        proxy = self.proxy
-        if proxy.log.isEnabledFor(logging.DEBUG):
+        if self.proxy.log.isEnabledFor(logging.DEBUG):
             self.log.debug("<- inner iopub %s", msg_type)
-        out = proxy.session
-        parts[0] = out.pack(out.msg_header(msg_type))
-        proxy.iopub_socket.send_multipart([*topic, DELIM, out.sign(parts), *parts, *buffers], copy=False)
+        self.proxy.iopub_socket.send_multipart(frames, copy=False)
 
     def _on_stdin(self, frames: list) -> None:
         msg = self._decoded(frames, "stdin")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import time
 
 import psutil
 import pytest
+from jupyter_client.connect import write_connection_file
 from jupyter_client.manager import KernelManager
+
+from inplace_restarter.inner import kill_if_running, prelaunch
 
 from .helpers import execute, inner_pid, running, stdout_of
 
@@ -24,7 +28,7 @@ def gone_within(pids: list[int], seconds: float) -> bool:
     return False
 
 
-def test_the_inner_kernel_gets_a_private_loopback_connection(proxy):
+def test_the_inner_kernel_gets_a_private_loopback_connection_with_the_clients_key(proxy):
     km, kc = proxy
     _, outputs = execute(kc, "from ipykernel.connect import get_connection_file; print(get_connection_file())")
     path = stdout_of(outputs).strip()
@@ -33,7 +37,7 @@ def test_the_inner_kernel_gets_a_private_loopback_connection(proxy):
     ephemeral_low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
     ports = [info[name] for name in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")]
     assert len(set(ports)) == 5 and all(port < ephemeral_low for port in ports), "clear of connect()'s source ports"
-    assert info["key"] and info["key"] != km.session.key.decode()
+    assert info["key"] == km.session.key.decode(), "signs its output for the client"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) & 0o777 == 0o700
 
@@ -105,3 +109,30 @@ def test_a_kernel_shutting_down_for_a_restart_yields_the_cpu_to_its_successor(pr
     assert seen.read_text() == "19", "the old kernel ran its exit at the lowest priority"
     _, outputs = execute(kc, "import os; print(os.nice(0))")
     assert stdout_of(outputs) == "0\n", "the new kernel runs at normal priority"
+
+
+@pytest.mark.parametrize(
+    "option", [["-f", "{file}"], ["-f={file}"], ["--f={file}"], ["--ProxyKernelApp.connection_file", "{file}"]]
+)
+def test_the_inner_kernel_is_launched_first_with_the_key_of_the_clients_connection_file(
+    specs, kernels_dir, tmp_path, option
+):
+    connection_file = tmp_path / "kernel.json"
+    write_connection_file(str(connection_file), key=b"the client's key", signature_scheme="hmac-sha512")
+    argv = [arg.format(file=connection_file) for arg in option] + ["--resource-dir", str(kernels_dir / "proxied")]
+    manager, folder = prelaunch(argv)
+    try:
+        info = json.loads(open(manager.connection_file).read())
+        assert (info["key"], info["signature_scheme"]) == ("the client's key", "hmac-sha512")
+        assert manager.provisioner.process.poll() is None
+    finally:
+        kill_if_running(manager)
+        shutil.rmtree(folder)
+
+
+def test_without_a_connection_file_to_read_the_key_from_the_proxy_launches_the_kernel_later(
+    specs, kernels_dir, tmp_path
+):
+    spec_dir = f"--resource-dir={kernels_dir / 'proxied'}"
+    assert prelaunch([spec_dir]) is None
+    assert prelaunch(["-f", str(tmp_path / "not-there.json"), spec_dir]) is None

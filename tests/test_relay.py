@@ -76,6 +76,42 @@ def test_output_carries_the_clients_own_request_as_parent(proxy):
     assert all(m["header"]["session"] == seen[0]["header"]["session"] for m in seen), "one kernel session"
 
 
+def messages_of(kc, code: str) -> list[dict]:
+    """The reply and every iopub message of one cell, as the client received them."""
+    msg_id = kc.execute(code)
+    seen = [kc.get_shell_msg(timeout=10)]
+    while True:
+        msg = kc.get_iopub_msg(timeout=10)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        seen.append(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return seen
+
+
+SESSION_OF_KERNEL = "print(get_ipython().kernel.session.session)"
+
+
+def test_the_client_sees_one_session_the_kernels_own_which_a_restart_changes(proxy):
+    """JupyterLab drops what it is still handling of any session but the newest message's."""
+    _, kc = proxy
+    for _ in range(2):
+        seen = messages_of(kc, SESSION_OF_KERNEL)
+        kernel_session = next(m for m in seen if m["msg_type"] == "stream")["content"]["text"].strip()
+        assert {m["header"]["session"] for m in seen} == {kernel_session}
+        assert execute(kc, "%restart")[0]["content"]["status"] == "ok"
+    assert execute(kc, SESSION_OF_KERNEL)[0]["header"]["session"] != kernel_session
+
+
+def test_a_restart_cell_ends_in_the_new_kernels_session(proxy):
+    _, kc = proxy
+    seen = messages_of(kc, "%restart\n" + SESSION_OF_KERNEL)
+    new_session = next(m for m in seen if m["msg_type"] == "stream" and "Restarted" not in m["content"]["text"])
+    new_session = new_session["content"]["text"].strip()
+    reply, *_, idle = seen
+    assert reply["header"]["session"] == idle["header"]["session"] == new_session
+
+
 def test_completion_inspection_and_is_complete_come_from_the_inner_kernel(proxy):
     _, kc = proxy
     execute(kc, "import os")
