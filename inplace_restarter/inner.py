@@ -186,7 +186,8 @@ def prelaunch(argv: list[str]) -> tuple[AsyncKernelManager, Path] | None:
     try:
         spec = inner_kernel_spec(resource_dir, inner_argv)
         info = json.loads(Path(connection_file).read_text())
-        key, scheme = info["key"].encode(), info.get("signature_scheme", "hmac-sha256")
+        # The connection file's key and scheme are the ones the proxy will use.
+        key, scheme = info["key"].encode(), info["signature_scheme"]
     except (kernelspec.SpecError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     runtime_dir = private_runtime_dir()

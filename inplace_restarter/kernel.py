@@ -24,7 +24,7 @@ from traitlets import Bool, Instance
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
-from .inner import InnerKernel, kill_if_running, private_runtime_dir
+from .inner import InnerKernel, private_runtime_dir
 from .relay import InnerKernelDied, unpacked, verified
 from .rescue import Rescuer, RescuePolicy
 
@@ -115,17 +115,8 @@ class ProxyKernel(Kernel):
         atexit.register(self.cleanup)
 
     def adopt(self, manager, runtime_dir: Path) -> None:
-        """Take over an inner kernel launched before the proxy was ready (see inner.prelaunch).
-
-        One that signs with another key than the client's (given on the
-        command line, say) is killed and replaced.
-        """
-        self._runtime_dir = runtime_dir
-        theirs, ours = manager.session, self.session
-        if (theirs.key, theirs.signature_scheme) == (ours.key, ours.signature_scheme):
-            self._first_manager = manager
-        else:
-            kill_if_running(manager)
+        """Take over an inner kernel launched before the proxy was ready (see inner.prelaunch)."""
+        self._first_manager, self._runtime_dir = manager, runtime_dir
 
     # -- startup and shutdown ---------------------------------------------------
 
