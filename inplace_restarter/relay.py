@@ -299,29 +299,36 @@ class Relay:
         the signature only of what it acts on (status, comm_open/comm_close).
         """
         try:
-            delim = next(i for i, frame in enumerate(frames) if frame.bytes == DELIM)
-            msg_type = json.loads(frames[delim + 2].bytes)["msg_type"]
-            if msg_type in NOT_RELAYED or msg_type in TRACKED:
-                _, _, parts, _ = verified(self.session, frames)
+            msg_type = self._take_iopub(frames)
         except Exception:
             self.log.warning("Dropped a malformed iopub message from the inner kernel", exc_info=True)
             return
+        if msg_type is None:
+            return
+        if self.proxy.log.isEnabledFor(logging.DEBUG):
+            self.log.debug("<- inner iopub %s", msg_type)
+        self.proxy.iopub_socket.send_multipart(frames, copy=False)
+
+    def _take_iopub(self, frames: list) -> str | None:
+        """Note what the proxy needs of an iopub message; its type if it goes to the client, else None."""
+        delim = next(i for i, frame in enumerate(frames) if frame.bytes == DELIM)
+        msg_type = json.loads(frames[delim + 2].bytes)["msg_type"]
         self._subscribed.set()
         if msg_type in NOT_RELAYED:
+            _, _, parts, _ = verified(self.session, frames)
             if msg_type == "status" and json.loads(parts[3].bytes).get("execution_state") == "idle":
                 pending = self.pending.get(json.loads(parts[1]).get("msg_id"))
                 if pending is not None and not pending.idle.done():
                     pending.idle.set_result(None)
-            return
+            return None
         if msg_type in SKIPPABLE:
             pending = self.pending.get(json.loads(frames[delim + 3].bytes).get("msg_id"))
             if pending is not None and pending.skip_execute_input:
-                return
+                return None
         elif msg_type in TRACKED:
+            _, _, parts, _ = verified(self.session, frames)
             self._track_comm(msg_type, json.loads(parts[3].bytes))
-        if self.proxy.log.isEnabledFor(logging.DEBUG):
-            self.log.debug("<- inner iopub %s", msg_type)
-        self.proxy.iopub_socket.send_multipart(frames, copy=False)
+        return msg_type
 
     def _on_stdin(self, frames: list) -> None:
         msg = self._decoded(frames, "stdin")

@@ -112,6 +112,35 @@ def test_a_restart_cell_ends_in_the_new_kernels_session(proxy):
     assert reply["header"]["session"] == idle["header"]["session"] == new_session
 
 
+#: A cell that makes the inner kernel publish, before its real output, an idle
+#: for the cell and a comm_open that it did not sign, and a message whose
+#: parent is not JSON.
+FORGERIES = """
+k = get_ipython().kernel
+s = k.session
+parent = s.pack(k.get_parent()["header"])
+def unsigned(msg_type, content):
+    return [msg_type.encode(), b"<IDS|MSG>", b"0" * 64, s.pack(s.msg_header(msg_type)), parent, b"{}", content]
+k.iopub_socket.send_multipart(unsigned("status", b'{"execution_state": "idle"}'))
+k.iopub_socket.send_multipart(unsigned("comm_open", b'{"comm_id": "forged", "target_name": "t", "data": {}}'))
+k.iopub_socket.send_multipart([b"execute_input", b"<IDS|MSG>", b"", s.pack(s.msg_header("execute_input")), b"not json", b"{}", b"{}"])
+import time; time.sleep(0.3)
+print("after")
+"""
+
+
+def test_what_the_inner_kernel_did_not_sign_or_garbled_is_dropped_and_relaying_goes_on(proxy):
+    _, kc = proxy
+    reply, *iopub = messages_of(kc, FORGERIES)
+    assert reply["content"]["status"] == "ok"
+    assert [m["msg_type"] for m in iopub] == ["status", "execute_input", "stream", "status"], "idle after the output"
+    assert iopub[2]["content"]["text"] == "after\n"
+    restart = messages_of(kc, "%restart")
+    assert not [m for m in restart if m["msg_type"] == "comm_close"], "the forged comm was never taken as open"
+    reply, outputs = execute(kc, "print('still relaying')")
+    assert [m["content"]["text"] for m in outputs if m["msg_type"] == "stream"] == ["still relaying\n"]
+
+
 def test_completion_inspection_and_is_complete_come_from_the_inner_kernel(proxy):
     _, kc = proxy
     execute(kc, "import os")
