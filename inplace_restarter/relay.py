@@ -70,13 +70,18 @@ def send_frames(socket: zmq.Socket, frames: list, copy: bool = True) -> None:
     socket.send(frames[-1], 0, copy=copy)
 
 
+def delimiter(frames: list) -> int:
+    """The index of the frame that ends the identities (or topic) of a raw message."""
+    return next(i for i, frame in enumerate(frames) if frame.bytes == DELIM)
+
+
 def verified(session: Session, frames: list) -> tuple[list[bytes], str, list, list]:
     """Split a raw message (of zmq Frames) and check its signature.
 
     Returns the identities (or topic), the message type, [header, parent,
     metadata, content] (content as the received frame) and the buffers.
     """
-    delim = next(i for i, frame in enumerate(frames) if frame.bytes == DELIM)
+    delim = delimiter(frames)
     idents = [frame.bytes for frame in frames[:delim]]
     signature = frames[delim + 1].bytes
     header, parent, metadata = (frame.bytes for frame in frames[delim + 2 : delim + 5])
@@ -273,19 +278,23 @@ class Relay:
 
     # -- what the inner kernel sends ------------------------------------------
 
-    def _decoded(self, frames: list, channel: str) -> dict | None:
-        """A verified message from the inner kernel; None (and a warning) for a malformed one."""
+    def _answer(self, frames: list, channel: str) -> tuple[dict, Pending | None] | None:
+        """A verified message from the inner kernel and the pending request it answers.
+
+        None (and a warning) for a malformed message.
+        """
         try:
-            return decoded(self.session, frames)[1]
+            msg = decoded(self.session, frames)[1]
         except Exception:
             self.log.warning("Dropped a malformed %s message from the inner kernel", channel, exc_info=True)
             return None
+        return msg, self.pending.get(msg["parent_header"].get("msg_id"))
 
     def _on_reply(self, frames: list) -> None:
-        msg = self._decoded(frames, "shell or control")
-        if msg is None:
+        answer = self._answer(frames, "shell or control")
+        if answer is None:
             return
-        pending = self.pending.get(msg["parent_header"].get("msg_id"))
+        msg, pending = answer
         if pending is not None and not pending.reply.done():
             pending.reply.set_result(msg)
 
@@ -311,7 +320,7 @@ class Relay:
 
     def _take_iopub(self, frames: list) -> str | None:
         """Note what the proxy needs of an iopub message; its type if it goes to the client, else None."""
-        delim = next(i for i, frame in enumerate(frames) if frame.bytes == DELIM)
+        delim = delimiter(frames)
         msg_type = json.loads(frames[delim + 2].bytes)["msg_type"]
         self._subscribed.set()
         if msg_type in NOT_RELAYED:
@@ -331,10 +340,10 @@ class Relay:
         return msg_type
 
     def _on_stdin(self, frames: list) -> None:
-        msg = self._decoded(frames, "stdin")
-        if msg is None:
+        answer = self._answer(frames, "stdin")
+        if answer is None:
             return
-        pending = self.pending.get(msg["parent_header"].get("msg_id"))
+        msg, pending = answer
         if msg["header"]["msg_type"] != "input_request" or pending is None:
             self.log.warning("Dropped an unexpected %s on stdin", msg["header"]["msg_type"])
             return
