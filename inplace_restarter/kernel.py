@@ -16,6 +16,7 @@ import signal
 import time
 import typing as t
 from contextvars import ContextVar, copy_context
+from dataclasses import dataclass
 from pathlib import Path
 
 from ipykernel.kernelbase import Kernel
@@ -25,7 +26,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
 from .inner import InnerKernel, private_runtime_dir
-from .relay import InnerKernelDied, unpacked, verified
+from .relay import InnerKernelDied
 from .rescue import Rescuer, RescuePolicy
 
 RESTART_HELP = """\
@@ -46,21 +47,33 @@ FORWARDED_FEATURES = ("debugger",)
 COMM_MSG_TYPES = ("comm_open", "comm_msg", "comm_close")
 
 
-def parse_restart(code: str) -> tuple[list[str], str] | None:
-    """Split a ``%restart`` cell into its options and the code after it.
+@dataclass
+class RestartCell:
+    """A cell whose first non-blank line is ``%restart``."""
 
-    Returns None when the first non-blank line is not ``%restart``.
-    """
+    options: list[str]
+    #: the code after the ``%restart`` line, run in the new kernel
+    rest: str
+    #: why the options do not parse (an unclosed quote), for a UsageError
+    error: str | None = None
+
+
+def parse_restart(code: str) -> RestartCell | None:
+    """The ``%restart`` command of a cell, or None when its first non-blank line is not one."""
     lines = code.splitlines(keepends=True)
     for index, line in enumerate(lines):
         if not line.strip():
             continue
         words = line.strip()
+        rest = "".join(lines[index + 1 :])
         if words == "%restart?":
-            return ["--help"], "".join(lines[index + 1 :])
+            return RestartCell(["--help"], rest)
         if words != "%restart" and not words.startswith(("%restart ", "%restart\t")):
             return None
-        return shlex.split(words[len("%restart") :]), "".join(lines[index + 1 :])
+        try:
+            return RestartCell(shlex.split(words[len("%restart") :]), rest)
+        except ValueError as e:
+            return RestartCell([], rest, error=f"%restart: {e}; see %restart --help")
     return None
 
 
@@ -110,8 +123,6 @@ class ProxyKernel(Kernel):
         self._retiring: set[asyncio.Task] = set()
         #: shell messages received and not yet handled
         self._queued = 0
-        #: the execute request forwarded as it arrived, whose busy is already out
-        self._forwarded_early: str | None = None
         atexit.register(self.cleanup)
 
     def adopt(self, manager, runtime_dir: Path) -> None:
@@ -293,9 +304,9 @@ class ProxyKernel(Kernel):
         notice = self.rescuer.take_notice()
         if notice:
             self.write_stream(notice, self.get_parent("shell"), "stderr")
-        restart = parse_restart(code)
+        restart = parse_restart(code) if isinstance(code, str) else None
         if restart is not None:
-            return await self._restart_cell(code, silent, *restart)
+            return await self._restart_cell(code, silent, restart)
         self.running_cell = self.get_parent("shell")
         try:
             reply = await self._forward(wait_idle=False)
@@ -335,21 +346,39 @@ class ProxyKernel(Kernel):
     async def comm_open(self, stream, ident, parent) -> None:
         """Comm messages have no reply; wait only for the inner kernel's idle.
 
-        While a cell runs, the inner kernel handles comm messages concurrently
-        without busy/idle, as the proxy's base class does.
+        While a cell runs they are forwarded alongside it, without a status
+        of the proxy's: the inner kernel's own busy and idle for them are
+        relayed instead, so the client sees what the kernel does (a status
+        once a blocking cell ends, none beside a cell that awaits).
         """
         await self.ready.wait()
-        relay = self.inner.relay
+        relay = self.inner.relay if self.inner is not None else None
+        if relay is None:
+            self._refuse_comm(parent)
+            return
         relay.track_client_comm(parent)
-        pending = relay.send(parent, ident)
-        if self.running_cell is None:
+        pending = relay.send(parent, ident, relay_status=self.running_cell is not None)
+        if not pending.relay_status:
             try:
-                await relay._until(pending.idle)
+                await relay.settle(parent["header"]["msg_id"])
             except InnerKernelDied:
                 pass
-        relay.pending.pop(parent["header"]["msg_id"], None)
 
     comm_msg = comm_close = comm_open
+
+    def _refuse_comm(self, parent: dict) -> None:
+        """No inner kernel runs (it died too often, or did not restart): no comm can reach one.
+
+        A comm_open is closed again, as a kernel closes one for a target it
+        does not have, so the client does not wait on it.
+        """
+        msg_type = parent["header"]["msg_type"]
+        self.log.warning("Dropped a %s: the kernel is not running; run %%restart to start it", msg_type)
+        comm_id = parent["content"].get("comm_id") if isinstance(parent["content"], dict) else None
+        if msg_type == "comm_open" and isinstance(comm_id, str):
+            self.session.send(
+                self.iopub_socket, "comm_close", {"comm_id": comm_id, "data": {}}, parent, ident=self._topic("comm_close")
+            )
 
     async def kernel_info_request(self, stream, ident, parent) -> None:
         """Answered at once, even during a restart: the same argv gives the same info."""
@@ -375,52 +404,10 @@ class ProxyKernel(Kernel):
         await self._on_main(self.rescuer.interrupt())
 
     def _on_shell(self, msg: list) -> asyncio.Task:
-        self._forward_early(msg)
         self._queued += 1
         self._received += 1
         self._sequence[id(msg)] = self._received
         return asyncio.create_task(self.shell_main(None, msg), context=self._shell_context)
-
-    def _forward_early(self, msg: list) -> None:
-        """Send an execute request on to the inner kernel the moment it arrives.
-
-        ipykernel's base publishes busy and unpacks the request again before
-        do_execute forwards it; forwarding first takes that off the round
-        trip.  Only a plain cell to an idle proxy: anything queued or a
-        %restart, a notice to print first, or a restart under way takes the
-        usual path, as does any message ipykernel would refuse.  The busy
-        goes out at once, before anything the inner kernel can send for it.
-        """
-        if self._queued or not self.ready.is_set() or self.inner is None or self.rescuer.has_notice:
-            return
-        relay = self.inner.relay
-        try:
-            ident, msg_type, parts, buffers = verified(self.session, msg)
-            if msg_type != "execute_request":
-                return
-            parent = unpacked(parts, buffers)
-            signature = msg[len(ident) + 1].bytes
-        except Exception:
-            return
-        if (
-            relay is None
-            or signature in self.session.digest_history
-            or not isinstance(parent["content"].get("code"), str)
-            or parse_restart(parent["content"]["code"]) is not None
-        ):
-            return
-        relay.send(parent, ident)
-        self._forwarded_early = parent["header"]["msg_id"]
-        Kernel._publish_status(self, "busy", "shell", parent)
-
-    def _publish_status(self, status: str, channel: str, parent: dict | None = None) -> None:
-        """As the base does, but once only for a request forwarded early."""
-        if self._forwarded_early is not None and status == "busy":
-            msg_id = (parent or self.get_parent(channel))["header"].get("msg_id")
-            if msg_id == self._forwarded_early:
-                self._forwarded_early = None
-                return
-        super()._publish_status(status, channel, parent)
 
     async def shell_main(self, subshell_id: str | None, msg: list) -> None:
         """Order shell messages as a kernel does while the proxy waits on the inner one.
@@ -431,12 +418,10 @@ class ProxyKernel(Kernel):
         queues them behind any other request, with a busy and idle each.
         """
         try:
+            msg_type = self._routable_type(msg)
+            if msg_type is None:
+                return
             if self._main_asyncio_lock.locked():
-                try:
-                    _, frames = self.session.feed_identities(msg, copy=False)
-                    msg_type = self.session.deserialize(frames, content=False, copy=False)["header"]["msg_type"]
-                except Exception:
-                    msg_type = None
                 if msg_type == "interrupt_request":
                     await self.dispatch_shell(msg, subshell_id=subshell_id, concurrent=True)
                     return
@@ -447,6 +432,25 @@ class ProxyKernel(Kernel):
             await super().shell_main(subshell_id, msg)
         finally:
             self._queued -= 1
+            self._sequence.pop(id(msg), None)
+
+    def _routable_type(self, msg: list) -> str | None:
+        """The message type of a shell message, or None (logged) for one ipykernel refuses before busy.
+
+        ipykernel 7's shell channel thread reads each message's header, and a
+        comm_msg's or comm_close's content, to route it; a message it cannot
+        read that way is dropped without a status.
+        """
+        try:
+            _, frames = self.session.feed_identities(msg, copy=False)
+            header_only = self.session.deserialize(frames, content=False, copy=False)
+            msg_type = header_only["header"]["msg_type"]
+            if msg_type in ("comm_msg", "comm_close"):
+                self.session.unpack(header_only["content"]).get("comm_id")
+        except Exception:
+            self.log.error("Invalid message", exc_info=True)
+            return None
+        return msg_type
 
     async def dispatch_shell(self, msg: list, /, subshell_id: str | None = None, *, concurrent: bool = False):
         """Abort exactly the execute requests received before a failed cell's reply.
@@ -479,27 +483,29 @@ class ProxyKernel(Kernel):
 
     # -- %restart -------------------------------------------------------------
 
-    async def _restart_cell(self, code: str, silent: bool, options: list[str], rest: str) -> dict:
+    async def _restart_cell(self, code: str, silent: bool, cell: RestartCell) -> dict:
         parent = self.get_parent("shell")
-        restarts = options in ([], ["--cold"])
         # A count of its own, not 0: JupyterLab leaves a cell whose reply
         # counts 0 showing [*] as if it still ran. The next cell is [1].
         count = self.execution_count
         if not silent:
             Kernel._publish_execute_input(self, code, parent, count)
-        if options in (["--help"], ["-h"]):
+        if cell.options in (["--help"], ["-h"]):
             self.write_stream(RESTART_HELP, parent)
             return self._ok(count)
-        if not restarts:
-            return self._error_reply(
-                parent, "UsageError", f"%restart takes no option {' '.join(options)!r}; see %restart --help"
-            )["content"]
+        usage = cell.error
+        if usage is None and cell.options not in ([], ["--cold"]):
+            usage = f"%restart takes no option {' '.join(cell.options)!r}; see %restart --help"
+        if usage is not None:
+            # As IPython shows a UsageError: one line on stderr, no traceback.
+            self.write_stream(f"UsageError: {usage}\n", parent, "stderr")
+            return {"status": "error", "ename": "UsageError", "evalue": usage, "traceback": [], "execution_count": count}
         try:
-            await self.restart_in_place(parent, cold=options == ["--cold"])
+            await self.restart_in_place(parent, cold=cell.options == ["--cold"])
         except Exception as e:
             return self._error_reply(parent, "RestartError", f"The kernel did not restart: {e}")["content"]
-        if rest.strip():
-            return await self.do_execute_rest(parent, rest)
+        if cell.rest.strip():
+            return await self.do_execute_rest(parent, cell.rest)
         return self._ok(count)
 
     async def do_execute_rest(self, parent: dict, rest: str) -> dict:

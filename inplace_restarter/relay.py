@@ -118,6 +118,8 @@ class Pending:
     reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     idle: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     skip_execute_input: bool = False
+    #: the client gets the inner kernel's busy and idle for it, not the proxy's
+    relay_status: bool = False
 
 
 class Relay:
@@ -164,15 +166,18 @@ class Relay:
         channel: str = "shell",
         content: dict | None = None,
         skip_execute_input: bool = False,
+        relay_status: bool = False,
     ) -> Pending:
         """Forward the client's request ``parent`` to the inner kernel as it is.
 
         ``content`` replaces the request's content (``%restart`` forwards the
         rest of its cell); ``skip_execute_input`` drops the inner kernel's
-        echo of it, when the proxy has already published one.
+        echo of it, when the proxy has already published one; with
+        ``relay_status`` the inner kernel's busy and idle for it are relayed,
+        and it is forgotten at its idle.
         """
         header = parent["header"]
-        pending = Pending(parent, ident, skip_execute_input=skip_execute_input)
+        pending = Pending(parent, ident, skip_execute_input=skip_execute_input, relay_status=relay_status)
         self.pending[header["msg_id"]] = pending
         msg = self.session.msg(
             header["msg_type"],
@@ -325,10 +330,17 @@ class Relay:
         self._subscribed.set()
         if msg_type in NOT_RELAYED:
             _, _, parts, _ = verified(self.session, frames)
-            if msg_type == "status" and json.loads(parts[3].bytes).get("execution_state") == "idle":
-                pending = self.pending.get(json.loads(parts[1]).get("msg_id"))
-                if pending is not None and not pending.idle.done():
-                    pending.idle.set_result(None)
+            if msg_type != "status":
+                return None
+            parent_id = json.loads(parts[1]).get("msg_id")
+            pending = self.pending.get(parent_id)
+            idle = json.loads(parts[3].bytes).get("execution_state") == "idle"
+            if pending is not None and pending.relay_status:
+                if idle:
+                    del self.pending[parent_id]
+                return msg_type
+            if idle and pending is not None and not pending.idle.done():
+                pending.idle.set_result(None)
             return None
         if msg_type in SKIPPABLE:
             pending = self.pending.get(json.loads(frames[delim + 3].bytes).get("msg_id"))
@@ -363,10 +375,13 @@ class Relay:
         )
 
     def _track_comm(self, msg_type: str, content: dict) -> None:
+        comm_id = content.get("comm_id")
+        if not isinstance(comm_id, str):
+            return
         if msg_type == "comm_open":
-            self.comms[content["comm_id"]] = content.get("target_name", "")
+            self.comms[comm_id] = content.get("target_name", "")
         else:
-            self.comms.pop(content.get("comm_id"), None)
+            self.comms.pop(comm_id, None)
 
     def track_client_comm(self, msg: dict) -> None:
         """Note comms the client opens or closes, so restart can close them."""
