@@ -14,10 +14,12 @@ def defer_ipython_init() -> None:
 
     ipykernel's kernel base imports one exception class from
     ``IPython.core.error``, but importing any part of IPython runs the
-    package's ``__init__``, which loads IPython's terminal shell, prompt_toolkit
-    and jedi: a third of the proxy's memory and 0.15 s of its start, for
-    nothing it uses.  Submodules still import as usual; the first use of an
-    attribute of the package itself runs the real ``__init__``.
+    package's ``__init__``, which loads IPython's interactive shell.  With
+    IPython 9.18 that is 67 modules, 2 MB and 0.04 s of the proxy's 0.26 s
+    import of its app (measured interleaved, three pairs each way, with
+    ``python -c "import inplace_restarter.app"``; older IPythons also loaded
+    prompt_toolkit and jedi, 0.15 s).  Submodules still import as usual; the
+    first use of an attribute of the package itself runs the real ``__init__``.
     """
     if "IPython" in sys.modules:
         return

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+import pytest
 from jupyter_client.manager import start_new_kernel
 
 from inplace_restarter.kernelspec import METADATA_KEY, proxy_argv
 
 PYTHON = sys.executable
+
+
+def needs(available: object, what: str) -> None:
+    """Skip a test whose prerequisite is missing here; in CI (``CI`` set) fail it instead.
+
+    CI installs everything the tests use, so a missing piece there is a
+    broken setup, never a reason to pass quietly.
+    """
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} (required in CI)")
+    pytest.skip(what)
 #: The kernel used directly and behind the proxy throughout the tests.
 IPYKERNEL_ARGV = [PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 
@@ -76,6 +91,12 @@ def inner_pids(km) -> set[int]:
         except psutil.NoSuchProcess:
             pass
     return pids
+
+
+def inner_connection_file(km) -> str:
+    """The connection file of the one kernel behind the proxy, as its command line names it."""
+    argv = psutil.Process(inner_pid(km)).cmdline()
+    return argv[argv.index("-f") + 1]
 
 
 def inner_pid(km) -> int:

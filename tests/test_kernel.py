@@ -8,18 +8,21 @@ import time
 import psutil
 import pytest
 
-from inplace_restarter.kernel import parse_restart
+from jupyter_client import BlockingKernelClient
 
-from .helpers import execute, inner_pid, inner_pids, proxied, reply_to, running, stdout_of, write_spec
+from inplace_restarter.kernel import RestartCell, parse_restart
+
+from .helpers import execute, inner_connection_file, inner_pid, inner_pids, proxied, reply_to, running, stdout_of, write_spec
 
 
 @pytest.mark.parametrize(
     "code, expected",
     [
-        ("%restart", ([], "")),
-        ("\n  \n%restart\nx = 1\n", ([], "x = 1\n")),
-        ("%restart --help", (["--help"], "")),
-        ("%restart?", (["--help"], "")),
+        ("%restart", RestartCell([], "")),
+        ("\n  \n%restart\nx = 1\n", RestartCell([], "x = 1\n")),
+        ("%restart --help", RestartCell(["--help"], "")),
+        ("%restart?", RestartCell(["--help"], "")),
+        ("%restart --cold 'a b'", RestartCell(["--cold", "a b"], "")),
         ("x = 1\n%restart", None),
         ("%restarting = 1", None),
         ("print('%restart')", None),
@@ -30,12 +33,27 @@ def test_a_restart_cell_is_one_whose_first_non_blank_line_is_restart(code, expec
     assert parse_restart(code) == expected
 
 
-def test_kernel_info_is_the_inner_kernels(specs):
-    with running("direct") as (_, direct_kc), running("proxied") as (_, proxy_kc):
-        direct = direct_kc.kernel_info(reply=True, timeout=10)["content"]
-        proxied = proxy_kc.kernel_info(reply=True, timeout=10)["content"]
-    for key in ("language_info", "banner", "help_links", "protocol_version", "implementation"):
-        assert proxied[key] == direct[key]
+@pytest.mark.parametrize("line", ["%restart 'x", '%restart "', "%restart --cold \\"])
+def test_a_restart_line_that_does_not_parse_is_a_usage_error_not_an_exception(line):
+    cell = parse_restart(f"{line}\nx = 1\n")
+    assert cell.error.startswith("%restart: ") and cell.error.endswith("; see %restart --help")
+    assert cell.rest == "x = 1\n"
+
+
+def test_kernel_info_is_the_inner_kernels(proxy):
+    km, kc = proxy
+    proxied = kc.kernel_info(reply=True, timeout=10)["content"]
+    inner = BlockingKernelClient(connection_file=inner_connection_file(km))
+    inner.load_connection_file()
+    inner.start_channels()
+    try:
+        own = inner.kernel_info(reply=True, timeout=10)["content"]
+    finally:
+        inner.stop_channels()
+    for key in ("language_info", "help_links", "protocol_version", "implementation", "implementation_version"):
+        assert proxied[key] == own[key]
+    # IPython ends its banner with a tip it draws anew for every kernel_info.
+    assert proxied["banner"].splitlines()[0] == own["banner"].splitlines()[0]
     assert "kernel subshells" not in proxied["supported_features"]
 
 
@@ -89,7 +107,10 @@ def test_restart_with_an_unknown_option_is_an_error(proxy):
     reply, outputs = execute(kc, "%restart --sideways")
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "UsageError"
-    assert any(m["msg_type"] == "error" for m in outputs)
+    # As IPython shows a UsageError: one line on stderr, no traceback.
+    stderr = [m["content"]["text"] for m in outputs if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"]
+    assert stderr == ["UsageError: %restart takes no option '--sideways'; see %restart --help\n"]
+    assert not any(m["msg_type"] == "error" for m in outputs)
 
 
 @pytest.mark.timeout(300)
