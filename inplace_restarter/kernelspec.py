@@ -43,10 +43,23 @@ class SpecError(Exception):
     """A kernel.json that cannot be used; the message says which and why."""
 
 
+def read_template(name: str) -> dict:
+    """A kernel.json template of kernelspec_templates/.
+
+    Installed, the folder is the package ``inplace_restarter.kernelspec_templates``;
+    in a source checkout (which shadows an installed copy when Python runs
+    there) it is the folder beside the package.
+    """
+    try:
+        folder = files("inplace_restarter.kernelspec_templates")
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parent.parent / "kernelspec_templates"
+    return json.loads(folder.joinpath(name).read_text("utf-8"))
+
+
 def proxy_argv(python: str = sys.executable) -> list[str]:
     """The argv that starts the proxy in front of the spec in ``{resource_dir}``."""
-    template = json.loads(files("inplace_restarter.kernelspec_templates").joinpath("proxy.json").read_text("utf-8"))
-    return [python if arg == "{python}" else arg for arg in template["argv"]]
+    return [python if arg == "{python}" else arg for arg in read_template("proxy.json")["argv"]]
 
 
 def read_kernel_json(resource_dir: str | Path) -> dict:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
+import venv
 from pathlib import Path
 
 PYTHON_SPEC = {
@@ -85,3 +87,24 @@ def run_cli(*args: str, python: str = sys.executable, prefix: tuple[str, ...] = 
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
         check=False,
     )
+
+
+def venv_seeing_ours(folder: Path, whole: bool = True) -> str:
+    """A new virtual environment whose Python also imports this test run's packages; returns its python.
+
+    ``system_site_packages`` would show the base interpreter's packages,
+    not those of the environment the tests run in.  A ``.pth`` file adds
+    ours instead: with ``whole``, as a site folder (its own ``.pth`` files,
+    an editable install among them, included); else as plain path entries
+    behind the new environment's own packages, for testing a package
+    installed there.
+    """
+    venv.create(folder, with_pip=False)
+    python = folder / "bin" / "python"
+    own = subprocess.run(
+        [python, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    ours = site.getsitepackages()
+    lines = [f"import site; site.addsitedir({d!r})" for d in ours] if whole else ours
+    (Path(own) / "test_run_packages.pth").write_text("\n".join(lines) + "\n")
+    return str(python)

@@ -6,10 +6,14 @@ import json
 import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
+
+from inplace_restarter import cli
+from inplace_restarter.kernelspec import METADATA_KEY, proxy_argv
+
+from .helpers import needs
 from .spec_helpers import (
     IJULIA_SPEC,
     IRKERNEL_SPEC,
@@ -21,10 +25,8 @@ from .spec_helpers import (
     make_specs,
     run_cli,
     snapshot,
+    venv_seeing_ours,
 )
-
-from inplace_restarter import cli
-from inplace_restarter.kernelspec import METADATA_KEY, proxy_argv
 
 
 @pytest.fixture
@@ -182,8 +184,7 @@ def test_main_can_be_called_directly(spec_dirs, capsys):
 
 def test_jupyter_finds_the_subcommand_through_the_console_script(spec_dirs):
     jupyter = Path(sys.executable).with_name("jupyter")
-    if not (jupyter.exists() and jupyter.with_name("jupyter-inplace-restarter").exists()):
-        pytest.skip("the package is not installed with its console script")
+    needs(jupyter.exists() and jupyter.with_name("jupyter-inplace-restarter").exists(), "the package is not installed with its console script")
     done = subprocess.run([str(jupyter), "inplace-restarter", "install", "ir"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     done = subprocess.run([str(jupyter), "inplace-restarter", "list"], capture_output=True, text=True, timeout=60)
@@ -203,16 +204,13 @@ def env_python(tmp_path, monkeypatch):
     user's folder unless JUPYTER_PREFER_ENV_PATH says otherwise.
     """
     monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "0")
-    venv.create(tmp_path / "env", system_site_packages=True, with_pip=False)
-    return str(tmp_path / "env" / "bin" / "python"), tmp_path / "env" / "share" / "jupyter"
+    return venv_seeing_ours(tmp_path / "env"), tmp_path / "env" / "share" / "jupyter"
 
 
 def run_read_only(folder: Path, *args: str, python: str):
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) is needed for a read-only folder")
+    needs(shutil.which("unshare"), "unshare (util-linux) is needed for a read-only folder")
     done = run_cli(*args, python=python, prefix=("unshare", "-m", "sh", "-c", READ_ONLY, "sh", str(folder)))
-    if done.returncode == 99:
-        pytest.skip(f"cannot make a read-only bind mount here: {done.stderr.strip()}")
+    needs(done.returncode != 99, f"cannot make a read-only bind mount here: {done.stderr.strip()}")
     return done
 
 

@@ -7,6 +7,7 @@ the same connection, then removes and compares the kernel.json.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .helpers import descendants_of, execute, running, stdout_of
+from .helpers import descendants_of, execute, needs, running, stdout_of
 from .spec_helpers import PYTHON_SPEC, load, make_spec, run_cli
 
 pytestmark = pytest.mark.timeout(240)
@@ -76,7 +77,7 @@ def test_end_to_end_install_start_restart_remove(jupyter_dirs):
 
 
 def test_a_bash_kernel_spec_restarts_in_place(jupyter_dirs):
-    pytest.importorskip("bash_kernel")
+    needs(importlib.util.find_spec("bash_kernel"), "bash_kernel is needed")
     subprocess.run([sys.executable, "-m", "bash_kernel.install", "--user"], check=True, capture_output=True, timeout=60)
     folder = jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels" / "bash"
     before = load(folder)
@@ -121,8 +122,7 @@ def ssh_node(tmp_path, monkeypatch):
     first on PATH passes that config, since remote_ikernel runs plain ``ssh``.
     """
     for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "unshare", "nsenter", "ip"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is needed (Debian: openssh-server openssh-client util-linux iproute2)")
+        needs(shutil.which(tool), f"{tool} is needed (Debian: openssh-server openssh-client util-linux iproute2)")
     keys = tmp_path / "ssh"
     keys.mkdir()
     for key in ("host_key", "user_key"):
@@ -175,7 +175,7 @@ def interface(request, jupyter_dirs) -> list[str]:
 
 
 def test_the_proxy_in_front_of_a_remote_ikernel_spec_relaunches_the_remote_kernel(jupyter_dirs, tmp_path, interface):
-    pytest.importorskip("remote_ikernel")
+    needs(importlib.util.find_spec("remote_ikernel"), "remote_ikernel is needed")
     name = add_remote_ikernel(*interface, "--name=node", f"--kernel_cmd={IPYKERNEL_CMD}")
     folder = jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels" / name
     before = load(folder)
@@ -191,7 +191,7 @@ def test_the_proxy_in_front_of_a_remote_ikernel_spec_relaunches_the_remote_kerne
 
 def test_remote_ikernel_launching_a_proxied_spec_restarts_only_the_remote_kernel(jupyter_dirs, tmp_path, interface):
     """The other order: the proxy runs on the compute node, so --resource-dir is a path there."""
-    pytest.importorskip("remote_ikernel")
+    needs(importlib.util.find_spec("remote_ikernel"), "remote_ikernel is needed")
     node_spec = make_spec(jupyter_dirs["JUPYTER_DATA_DIR"], "node-py", {k: v for k, v in PYTHON_SPEC.items() if k != "extra_field"})
     cli_ok("install", "node-py")
     proxy_cmd = f"{sys.executable} -m inplace_restarter -f {{connection_file}} --resource-dir={node_spec}"
