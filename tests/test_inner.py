@@ -94,7 +94,7 @@ def test_a_proxy_cleans_up_the_folders_of_proxies_killed_before_it(specs, jupyte
         os.kill(proxy_pid, signal.SIGKILL)
         assert gone_within([proxy_pid], 2)
     runtime = jupyter_dirs["JUPYTER_RUNTIME_DIR"]
-    left = list(runtime.glob(f"inplace-restarter-{proxy_pid}-*"))
+    left = list(runtime.glob(f"inplace-restarter-{socket.gethostname()}-{proxy_pid}-*"))
     assert left, "SIGKILL leaves the killed proxy's folder behind"
     with running("proxied"):
         assert not any(folder.exists() for folder in left)
