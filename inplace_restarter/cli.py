@@ -151,7 +151,7 @@ def apply(entries: list, plan: Callable) -> int:
 
 
 def cmd_list(args) -> int:
-    from .kernelspec import INSTALLABLE, INSTALLED, UNKNOWN, launchers_, summary_of, survey
+    from .kernelspec import INSTALLABLE, INSTALLED, NO_LAUNCHER, UNKNOWN, summary_of, survey
 
     entries = survey()
     groups = {state: [e for e in entries if e.state == state] for state in (INSTALLED, INSTALLABLE, UNKNOWN)}
@@ -160,7 +160,7 @@ def cmd_list(args) -> int:
             state: [
                 {
                     "name": e.name, "resource_dir": str(e.resource_dir), "reason": e.reason or None,
-                    "legacy": e.legacy, "restart": summary_of(e.spec) if e.spec.get("argv") else None,
+                    "legacy": e.legacy, "restart": summary_of(e.spec) if e.state != UNKNOWN else None,
                 }
                 for e in group
             ]
@@ -183,8 +183,9 @@ def cmd_list(args) -> int:
             notes = [f"({e.reason})"] if e.reason else []
             notes += ["(inplace_restarter 0.1.0 form; install migrates it)"] if e.legacy else []
             print(f"  {mark} {repr(e.name):<{width}}  {e.resource_dir}", *notes)
-            if isinstance(e.spec.get("argv"), list) and launchers_.parse(e.spec["argv"]).launchers:
-                print(f"    {' ' * width}  {summary_of(e.spec)}")
+            summary = summary_of(e.spec) if e.state != UNKNOWN else NO_LAUNCHER
+            if summary != NO_LAUNCHER:
+                print(f"    {' ' * width}  {summary}")
         if group and command:
             print(f"  to {command}: {prog()} {command} {' '.join(shlex.quote(e.name) for e in group)}")
     return 0

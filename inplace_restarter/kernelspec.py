@@ -36,6 +36,9 @@ ADDED_METADATA = "added_metadata"
 #: The proxy runs where the kernel runs, behind the launchers, or in front of them.
 INSIDE, OUTSIDE = "inside", "outside"
 
+#: restart_summary of a spec without launchers, which list does not repeat under each spec
+NO_LAUNCHER = "the proxy starts the kernel itself: %restart restarts the kernel process"
+
 INSTALLED = "installed"
 INSTALLABLE = "installable"
 UNKNOWN = "unknown"
@@ -122,7 +125,7 @@ def restart_summary(order: str, launchers: list[str]) -> str:
     known = [launchers_.LAUNCHERS.get(name) or launchers_.REMOTE_IKERNEL for name in launchers]
     names = " and ".join(launchers)
     if not known:
-        return "the proxy starts the kernel itself: %restart restarts the kernel process"
+        return NO_LAUNCHER
     holds = {"job": "the job", "login": "the login", "container": "the container"}
     if order == INSIDE:
         kept = " and ".join(dict.fromkeys(holds[launcher.holds] for launcher in known))

@@ -293,7 +293,9 @@ def test_install_outside_and_remove_round_trip(jupyter_dirs):
     before = load(folder)
     done = run_cli("install", "--outside", "slurm")
     assert done.returncode == 0, done.stderr
-    assert "the proxy runs outside srun: %restart starts srun again (a new job)" in done.stdout
+    outside = "the proxy runs outside srun: %restart starts srun again (a new job)"
+    assert outside in done.stdout
     assert load(folder)["argv"] == proxy_argv(sys.executable)
+    assert outside in run_cli("list").stdout
     assert run_cli("remove", "slurm").returncode == 0
     assert load(folder) == before
