@@ -83,9 +83,9 @@ def user_copy_wins(resource_dir: Path) -> bool:
     return own not in dirs or (user in dirs and dirs.index(user) < dirs.index(own))
 
 
-def plan_install(entry, user: bool = False) -> Change:
+def plan_install(entry, user: bool = False, outside: bool = False) -> Change:
     """What installing on ``entry`` writes; SpecError says why it cannot."""
-    from .kernelspec import INSTALLED, UNKNOWN, SpecError, choose_python, original_argv, writable, wrapped
+    from .kernelspec import INSTALLED, UNKNOWN, SpecError, original_argv, place, writable, wrapped
 
     where = entry.resource_dir / "kernel.json"
     if not entry.spec:
@@ -94,8 +94,7 @@ def plan_install(entry, user: bool = False) -> Change:
         raise SpecError(f"{entry.name!r} cannot be installed ({entry.reason}): {where}")
     if entry.state == INSTALLED and not entry.legacy:
         raise SpecError(f"{entry.name!r} is already installed: {where}")
-    inner = original_argv(entry.spec) or entry.spec["argv"]
-    python, why = choose_python(inner)
+    placement = place(original_argv(entry.spec) or entry.spec["argv"], outside)
     target, copy_from = entry.resource_dir, None
     if user and entry.resource_dir.parent.resolve() != user_kernels_dir().resolve():
         target, copy_from = user_kernels_dir() / entry.name, entry.resource_dir
@@ -109,7 +108,10 @@ def plan_install(entry, user: bool = False) -> Change:
             f"add --user to install on a copy in {user_kernels_dir()}"
         )
     done = f"migrated {entry.name!r} in {target} from the 0.1.0 form" if entry.legacy else f"installed {entry.name!r} in {target}"
-    return Change(entry.name, target, wrapped(entry.spec, python), f"{done}: the proxy runs with {python}, {why}", copy_from)
+    message = f"{done}: the proxy runs with {placement.python}, {placement.why}"
+    if placement.order:
+        message += f"\n  {placement.summary()}"
+    return Change(entry.name, target, wrapped(entry.spec, placement, target), message, copy_from)
 
 
 def plan_remove(entry) -> Change:
@@ -149,14 +151,17 @@ def apply(entries: list, plan: Callable) -> int:
 
 
 def cmd_list(args) -> int:
-    from .kernelspec import INSTALLABLE, INSTALLED, UNKNOWN, survey
+    from .kernelspec import INSTALLABLE, INSTALLED, NO_LAUNCHER, UNKNOWN, summary_of, survey
 
     entries = survey()
     groups = {state: [e for e in entries if e.state == state] for state in (INSTALLED, INSTALLABLE, UNKNOWN)}
     if args.json:
         data = {
             state: [
-                {"name": e.name, "resource_dir": str(e.resource_dir), "reason": e.reason or None, "legacy": e.legacy}
+                {
+                    "name": e.name, "resource_dir": str(e.resource_dir), "reason": e.reason or None,
+                    "legacy": e.legacy, "restart": summary_of(e.spec) if e.state != UNKNOWN else None,
+                }
                 for e in group
             ]
             for state, group in groups.items()
@@ -178,6 +183,9 @@ def cmd_list(args) -> int:
             notes = [f"({e.reason})"] if e.reason else []
             notes += ["(inplace_restarter 0.1.0 form; install migrates it)"] if e.legacy else []
             print(f"  {mark} {repr(e.name):<{width}}  {e.resource_dir}", *notes)
+            summary = summary_of(e.spec) if e.state != UNKNOWN else NO_LAUNCHER
+            if summary != NO_LAUNCHER:
+                print(f"    {' ' * width}  {summary}")
         if group and command:
             print(f"  to {command}: {prog()} {command} {' '.join(shlex.quote(e.name) for e in group)}")
     return 0
@@ -185,7 +193,7 @@ def cmd_list(args) -> int:
 
 def cmd_install(args) -> int:
     entries = lookup(args.names)
-    return apply(entries, lambda entry: plan_install(entry, args.user))
+    return apply(entries, lambda entry: plan_install(entry, args.user, args.outside))
 
 
 def cmd_remove(args) -> int:
@@ -211,6 +219,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install", help="start these kernels through the proxy")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--user", action="store_true", help="install on a copy in your own kernels folder (for specs you cannot write)")
+    p.add_argument(
+        "--outside",
+        action="store_true",
+        help="put the proxy in front of a launcher (srun, ssh, ...) instead of behind it: %%restart then starts "
+        "the launcher again, e.g. a new job",
+    )
     p.set_defaults(func=cmd_install)
     p = sub.add_parser("remove", help="restore these kernels as they were before install")
     p.add_argument("names", nargs="+", metavar="NAME")

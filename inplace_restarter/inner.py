@@ -14,9 +14,11 @@ import ctypes
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import typing as t
@@ -32,7 +34,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Float, Instance
 from traitlets.config import LoggingConfigurable
 
-from . import kernelspec
+from . import kernelspec, launchers
 from .relay import Relay
 
 
@@ -45,11 +47,16 @@ class _OneSpec(KernelSpecManager):
         return self.spec
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the proxy dies, even by SIGKILL."""
+def _die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Runs in the child before exec: signal it when the proxy dies, even by SIGKILL."""
     PR_SET_PDEATHSIG = 1
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(PR_SET_PDEATHSIG, signum)
+
+
+def _stop_with_parent() -> None:
+    """For a launcher: SIGTERM, on which srun cancels its job; SIGKILL would leave the job to time out."""
+    _die_with_parent(signal.SIGTERM)
 
 
 def inner_kernel_spec(resource_dir: str | None, argv: list[str] | None = None) -> KernelSpec:
@@ -62,16 +69,25 @@ def inner_kernel_spec(resource_dir: str | None, argv: list[str] | None = None) -
 def private_runtime_dir() -> Path:
     """A folder of the proxy's own (mode 0700) for its inner kernels' connection files.
 
-    Its name carries the proxy's pid, so that folders left by proxies killed
-    with SIGKILL (which cannot clean up) are removed by the next proxy.
+    Its name carries the host and the proxy's pid, so that folders left by
+    proxies killed with SIGKILL (which cannot clean up) are removed by the
+    next proxy on the same host. The runtime folder is often in a home shared
+    by every node: a pid says nothing about another host's processes, so
+    another host's folders are never touched.
     """
     root = Path(jupyter_runtime_dir())
     root.mkdir(parents=True, exist_ok=True)
-    for folder in root.glob("inplace-restarter-*-*"):
-        pid = folder.name.split("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+    host = socket.gethostname()
+    own = re.compile(rf"inplace-restarter-{re.escape(host)}-(\d+)-[^-]+")
+    for folder in root.glob(f"inplace-restarter-{glob_escape(host)}-*"):
+        match = own.fullmatch(folder.name)
+        if match and not _alive(int(match.group(1))):
             shutil.rmtree(folder, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"inplace-restarter-{os.getpid()}-", dir=root))
+    return Path(tempfile.mkdtemp(prefix=f"inplace-restarter-{host}-{os.getpid()}-", dir=root))
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _alive(pid: int) -> bool:
@@ -130,11 +146,20 @@ def _ports() -> dict:
     return {"cache_ports": False, **dict(zip(PORT_NAMES, ports))}
 
 
-def launch_kwargs() -> dict:
+def is_launcher(spec: KernelSpec) -> bool:
+    """Whether the inner argv starts with a launcher (the proxy runs outside srun, ssh, ...)."""
+    return bool(launchers.parse(spec.argv).launchers)
+
+
+def launch_kwargs(spec: KernelSpec) -> dict:
     kwargs: dict = {"cwd": os.getcwd()}
     if sys.platform.startswith("linux"):
-        kwargs["preexec_fn"] = _die_with_parent
+        kwargs["preexec_fn"] = _stop_with_parent if is_launcher(spec) else _die_with_parent
     return kwargs
+
+
+#: Seconds a launcher has after SIGTERM to end its job before it is killed (srun needs a few).
+LAUNCHER_GRACE = 10
 
 
 def kill_group(pid: int | None, pgid: int | None) -> None:
@@ -148,10 +173,35 @@ def kill_group(pid: int | None, pgid: int | None) -> None:
         pass
 
 
+def signal_leader(process, signum: int) -> None:
+    try:
+        process.send_signal(signum)
+    except (ProcessLookupError, OSError):
+        pass
+
+
+def stop_launcher(process, grace: float = LAUNCHER_GRACE) -> None:
+    """End a launcher the way that makes it end its job: SIGTERM to it alone, SIGKILL after ``grace``.
+
+    Killing srun's whole process group leaves the job running with nothing
+    attached; its leader, told to stop, cancels the step and ends the job.
+    Blocks up to ``grace``: for exit paths, which have no loop to wait on.
+    """
+    signal_leader(process, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        signal_leader(process, signal.SIGKILL)
+
+
 def kill_if_running(manager: AsyncKernelManager) -> None:
     """At exit: a prelaunched kernel the proxy did not take over (it failed first) goes too."""
     process = getattr(manager.provisioner, "process", None)
-    if process is not None and process.poll() is None:
+    if process is None or process.poll() is not None:
+        return
+    if is_launcher(manager.kernel_spec):
+        stop_launcher(process)
+    else:
         kill_group(process.pid, getattr(manager.provisioner, "pgid", None))
 
 
@@ -194,7 +244,7 @@ def prelaunch(argv: list[str]) -> tuple[AsyncKernelManager, Path] | None:
     atexit.register(shutil.rmtree, runtime_dir, ignore_errors=True)
     manager = new_manager(spec, runtime_dir, key, scheme)
     try:
-        asyncio.run(manager.start_kernel(**launch_kwargs()))
+        asyncio.run(manager.start_kernel(**launch_kwargs(spec)))
     except Exception:
         return None
     atexit.register(kill_if_running, manager)
@@ -215,6 +265,12 @@ class InnerKernel(LoggingConfigurable):
         config=True,
         help="Seconds between the shutdown_request and killing the inner kernel if it has not exited.",
     )
+    launcher_grace = Float(
+        LAUNCHER_GRACE,
+        config=True,
+        help="Seconds a launcher the proxy starts (srun, with the proxy outside it) has after SIGTERM "
+        "to end its job, before it is killed.",
+    )
 
     def __init__(
         self, spec: KernelSpec, runtime_dir: Path, proxy, manager: AsyncKernelManager | None = None, **kwargs
@@ -225,6 +281,9 @@ class InnerKernel(LoggingConfigurable):
             spec, runtime_dir, proxy.session.key, proxy.session.signature_scheme, parent=self, log=self.log
         )
         InnerKernel.live.add(self)
+        #: a launcher is stopped by SIGTERM to it alone, never killed with its process group
+        self.launcher = is_launcher(self.manager.kernel_spec)
+        self._process: subprocess.Popen | None = None
         self.relay: Relay | None = None
         self.kernel_info: dict = {}
         #: the session id in the headers of everything the kernel sends
@@ -240,7 +299,7 @@ class InnerKernel(LoggingConfigurable):
     async def start(self) -> None:
         """Launch the kernel and return once it answers and iopub is connected."""
         if not self.manager.has_kernel:
-            await self.manager.start_kernel(**launch_kwargs())
+            await self.manager.start_kernel(**launch_kwargs(self.manager.kernel_spec))
         process = getattr(self.manager.provisioner, "process", None)
         self.pid = self.manager.provisioner.pid if self.manager.provisioner else None
         self._pgid = getattr(self.manager.provisioner, "pgid", None)
@@ -295,7 +354,15 @@ class InnerKernel(LoggingConfigurable):
                 await asyncio.wait_for(asyncio.shield(self.exited), self.shutdown_grace)
             except asyncio.TimeoutError:
                 self.log.info("Inner kernel %s ignored shutdown_request; killing it", self.pid)
-        self.kill()
+        if not self.launcher:
+            self.kill()
+        elif self._process is not None and not self.exited.done():
+            signal_leader(self._process, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.exited), self.launcher_grace)
+            except asyncio.TimeoutError:
+                self.log.warning("Launcher %s still running %g s after SIGTERM; killing it", self.pid, self.launcher_grace)
+                signal_leader(self._process, signal.SIGKILL)
         try:
             await asyncio.wait_for(asyncio.shield(self.exited), 5)
         except asyncio.TimeoutError:
@@ -321,11 +388,19 @@ class InnerKernel(LoggingConfigurable):
                 pass
 
     def kill(self) -> None:
-        kill_group(self.pid, self._pgid)
+        """SIGKILL the kernel's process group; a launcher's leader only, after SIGTERM and its grace."""
+        if not self.launcher:
+            kill_group(self.pid, self._pgid)
+        elif self._process is not None:
+            stop_launcher(self._process, 0 if self.exited.done() else self.launcher_grace)
 
     @classmethod
     def kill_all(cls) -> None:
+        """At exit: every kernel at once, then each launcher (which first gets SIGTERM all at once)."""
         for inner in list(cls.live):
+            if inner.launcher and inner._process is not None:
+                signal_leader(inner._process, signal.SIGTERM)
+        for inner in sorted(cls.live, key=lambda inner: inner.launcher):
             inner.kill()
 
     def close(self) -> None:

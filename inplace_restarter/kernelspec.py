@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
+from . import launchers as launchers_
+
 #: Key under a spec's ``metadata`` where install keeps what it changed.
 METADATA_KEY = "inplace_restarter"
 #: Top-level key inplace_restarter 0.1.0 kept the original argv in.
@@ -30,6 +32,12 @@ LEGACY_ARGV_KEY = "restarter_original_argv"
 LEGACY_RESOURCE_ARG = "--Proxy.rd={resource_dir}"
 #: Marks a ``metadata`` entry that install created, so remove drops it when emptied.
 ADDED_METADATA = "added_metadata"
+
+#: The proxy runs where the kernel runs, behind the launchers, or in front of them.
+INSIDE, OUTSIDE = "inside", "outside"
+
+#: restart_summary of a spec without launchers, which list does not repeat under each spec
+NO_LAUNCHER = "the proxy starts the kernel itself: %restart restarts the kernel process"
 
 INSTALLED = "installed"
 INSTALLABLE = "installable"
@@ -77,10 +85,15 @@ def read_kernel_json(resource_dir: str | Path) -> dict:
     return spec
 
 
+def _saved(spec: dict) -> dict:
+    """What install kept under the spec's metadata."""
+    metadata = spec.get("metadata")
+    return (metadata.get(METADATA_KEY) or {}) if isinstance(metadata, dict) else {}
+
+
 def original_argv(spec: dict) -> list[str] | None:
-    """The inner kernel's argv saved by install, or None if the spec is not proxied."""
-    saved = (spec.get("metadata") or {}).get(METADATA_KEY) or {}
-    argv = saved.get("original_argv") or spec.get(LEGACY_ARGV_KEY)
+    """The spec's argv before install, or None if the spec is not proxied."""
+    argv = _saved(spec).get("original_argv") or spec.get(LEGACY_ARGV_KEY)
     return list(argv) if argv else None
 
 
@@ -93,7 +106,11 @@ def inner_spec_fields(resource_dir: str | Path | None, argv: list[str] | None = 
     if argv:
         spec = {**spec, "argv": list(argv)}
     elif original_argv(spec):
+        saved = _saved(spec)
         spec = unwrapped(spec)
+        spec["argv"] = list(saved.get("inner_argv") or spec["argv"])
+        if saved.get("inner_interrupt_mode"):
+            spec["interrupt_mode"] = saved["inner_interrupt_mode"]
     else:
         where = resource_dir or "no --resource-dir was given, so there"
         raise SpecError(
@@ -113,7 +130,32 @@ def is_legacy(spec: dict) -> bool:
 
 
 def _runs_proxy(argv: list[str]) -> bool:
-    return "inplace_restarter" in argv[1:3] or argv[-1:] == [LEGACY_RESOURCE_ARG]
+    return launchers_.runs_proxy(argv) or argv[-1:] == [LEGACY_RESOURCE_ARG]
+
+
+def restart_summary(order: str, launchers: list[str]) -> str:
+    """One line: where the proxy runs and what ``%restart`` then does."""
+    known = [launchers_.LAUNCHERS.get(name) or launchers_.REMOTE_IKERNEL for name in launchers]
+    names = " and ".join(launchers)
+    if not known:
+        return NO_LAUNCHER
+    holds = {"job": "the job", "login": "the login", "container": "the container"}
+    if order == INSIDE:
+        kept = " and ".join(dict.fromkeys(holds[launcher.holds] for launcher in known))
+        return f"the proxy runs inside {names}: %restart restarts only the kernel and keeps {kept}"
+    fresh = {"job": "a new job", "login": "a new login", "container": "a new container"}
+    again = " and ".join(dict.fromkeys(fresh[launcher.holds] for launcher in known))
+    return f"the proxy runs outside {names}: %restart starts {names} again ({again})"
+
+
+def summary_of(spec: dict) -> str:
+    """restart_summary for a spec: as installed, as written by hand, or as install would put it."""
+    saved, argv = _saved(spec), spec.get("argv") or []
+    if original_argv(spec) is not None:
+        found = [launcher.name for launcher in launchers_.parse(original_argv(spec)).launchers]
+        return restart_summary(saved.get("order") or OUTSIDE, saved.get("launchers", found))
+    launch = launchers_.parse(argv)
+    return restart_summary(INSIDE, [launcher.name for launcher in launch.launchers])
 
 
 def state_of(spec: dict) -> tuple[str, str]:
@@ -126,7 +168,7 @@ def state_of(spec: dict) -> tuple[str, str]:
     if original_argv(spec) is not None:
         return INSTALLED, ""
     if _runs_proxy(argv):
-        return UNKNOWN, "argv runs inplace_restarter but the original argv is not saved"
+        return UNKNOWN, "argv runs inplace_restarter but the original argv is not saved, so it is not wrapped again"
     if not any("{connection_file}" in a for a in argv):
         return UNKNOWN, "argv has no {connection_file}"
     return INSTALLABLE, ""
@@ -167,17 +209,89 @@ def survey() -> list[Entry]:
     return entries
 
 
-def wrapped(spec: dict, python: str) -> dict:
-    """A copy of ``spec`` started through the proxy; a 0.1.0 spec is migrated, none is wrapped twice."""
+@dataclass
+class Placement:
+    """Where install puts the proxy in a spec's argv, and with which Python."""
+
+    #: the launchers left in front of the proxy (none when it runs outside)
+    launch: launchers_.Launch
+    #: what the proxy starts: the kernel's command, or the whole argv when outside
+    inner_argv: list[str]
+    python: str
+    why: str
+    order: str
+    #: every launcher in the spec's argv, in front of the proxy or not
+    launchers: list[str]
+
+    @property
+    def interrupt_by_message(self) -> bool:
+        """Whether a launcher in front of the proxy would not pass SIGINT on to it."""
+        return any(not launcher.passes_sigint for launcher in self.launch.launchers)
+
+    @property
+    def inner_interrupt_by_message(self) -> bool:
+        """Whether a launcher the proxy starts would not pass its SIGINT on to the kernel."""
+        return any(not launcher.passes_sigint for launcher in launchers_.parse(self.inner_argv).launchers)
+
+    def summary(self) -> str:
+        return restart_summary(self.order, self.launchers)
+
+
+def place(argv: list[str], outside: bool = False, python: str | None = None) -> Placement:
+    """Inside the launchers (unless ``outside``), as deep as a Python that can import the proxy runs.
+
+    A container whose Python cannot import inplace_restarter gets the proxy
+    just in front of it, still inside the job launchers around it.
+    """
+    launch = launchers_.parse(argv)
+    names = [launcher.name for launcher in launch.launchers]
+    if outside or not launch.launchers:
+        chosen, why = (python, "as given") if python else choose_python(argv)
+        return Placement(launchers_.Launch(argv, kernel=argv), argv, chosen, why, OUTSIDE if names else "", names)
+    if python:
+        return Placement(launch, launch.kernel, python, "as given", INSIDE, names)
+    containers = [i for i, launcher in enumerate(launch.launchers) if launcher.is_container]
+    through = launch.split_at(containers[0]).kernel[: -len(launch.kernel)] if containers else []
+    chosen, why = choose_python(launch.kernel, through, launched=True)
+    if containers and chosen != launch.kernel[0]:
+        launch = launch.split_at(containers[0])
+        why += f"; so it runs in front of {launch.kernel[0]}"
+    else:
+        why += f" (checked here: the same path must work where {launch.describe()} runs it)"
+    return Placement(launch, launch.kernel, chosen, why, INSIDE, names)
+
+
+def wrapped(spec: dict, where: str | Placement, resource_dir: str | Path | None = None) -> dict:
+    """A copy of ``spec`` started through the proxy; a 0.1.0 spec is migrated, none is wrapped twice.
+
+    ``where`` is a Placement or the Python to run the proxy with (inside
+    any launchers). ``resource_dir`` is needed where ``{resource_dir}`` is
+    not filled in: in remote_ikernel's kernel command.
+    """
     new = unwrapped(spec) if original_argv(spec) else copy.deepcopy(spec)
+    placement = where if isinstance(where, Placement) else place(new["argv"], python=where)
     saved: dict = {"original_argv": list(new["argv"])}
     if "metadata" not in new:
         new["metadata"] = {}
         saved[ADDED_METADATA] = True
     elif not isinstance(new["metadata"], dict):
         raise SpecError("its metadata is not a JSON object")
+    proxy = proxy_argv(placement.python)
+    if placement.order:
+        saved.update(order=placement.order, launchers=placement.launchers)
+    if placement.order == INSIDE:
+        saved["inner_argv"] = placement.inner_argv
+        if placement.launch.kernel_cmd_index is not None:
+            if resource_dir is None:
+                raise SpecError("remote_ikernel does not fill in {resource_dir}: the spec's folder is needed")
+            proxy[-1] = f"--resource-dir={Path(resource_dir).absolute()}"
+        if placement.interrupt_by_message and new.get("interrupt_mode") != "message":
+            saved["original_interrupt_mode"] = new.get("interrupt_mode")
+            new["interrupt_mode"] = "message"
+    elif placement.inner_interrupt_by_message and new.get("interrupt_mode", "signal") == "signal":
+        saved["inner_interrupt_mode"] = "message"
     new["metadata"][METADATA_KEY] = saved
-    new["argv"] = proxy_argv(python)
+    new["argv"] = placement.launch.around(proxy)
     return new
 
 
@@ -192,33 +306,45 @@ def unwrapped(spec: dict) -> dict:
     metadata = new.get("metadata")
     if isinstance(metadata, dict) and METADATA_KEY in metadata:
         saved = metadata.pop(METADATA_KEY)
+        if "original_interrupt_mode" in saved:
+            if saved["original_interrupt_mode"] is None:
+                new.pop("interrupt_mode", None)
+            else:
+                new["interrupt_mode"] = saved["original_interrupt_mode"]
         if saved.get(ADDED_METADATA) and not metadata:
             del new["metadata"]
     return new
 
 
-def _can_import_proxy(python: str) -> bool:
+def _can_import_proxy(python: str, through: list[str] = ()) -> bool:
     try:
         done = subprocess.run(
-            [python, "-c", "import inplace_restarter.app"], capture_output=True, timeout=60, check=False
+            [*through, python, "-c", "import inplace_restarter.app"], capture_output=True, timeout=60, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
 
 
-def choose_python(inner_argv: list[str]) -> tuple[str, str]:
+def choose_python(inner_argv: list[str], through: list[str] = (), launched: bool = False) -> tuple[str, str]:
     """The Python to run the proxy with, and why: the spec's own if it can, else ours.
 
     The spec's own interpreter is preferred because it is the one its owner
     chose for this kernel (and the one that will still exist when the
-    environment running ``install`` is gone).
+    environment running ``install`` is gone). ``through`` is a container
+    runner's prefix the check runs in, as the kernel will; ``launched`` says
+    that a launcher, not jupyter_client, finds the command on PATH.
     """
     command = inner_argv[0]
     if not re.fullmatch(r"python[0-9.]*(\.exe)?", Path(command).name, re.IGNORECASE):
         return sys.executable, f"the Python running install: the kernel is started by {command}, not Python"
-    resolved = sys.executable if command in _JUPYTER_PYTHONS else shutil.which(command)
-    if resolved and _can_import_proxy(resolved):
+    if through:
+        resolved = command
+    elif command in _JUPYTER_PYTHONS and not launched:
+        resolved = sys.executable
+    else:
+        resolved = shutil.which(command)
+    if resolved and _can_import_proxy(resolved, through):
         return command, "the spec's own Python, which can import inplace_restarter"
     return sys.executable, f"the Python running install: the spec's Python {command} cannot import inplace_restarter"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import direct, proxied, running, write_spec
+from .slurm import slurm, slurm_cluster  # noqa: F401  (fixtures for the tests that run kernels in Slurm jobs)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -112,7 +113,7 @@ def test_the_kernel_exits_with_the_process_that_started_it_leaving_nothing(specs
     proxy_pid, inner_pids = json.loads(launcher.stdout.readline())
     procs = [psutil.Process(pid) for pid in (proxy_pid, *inner_pids)]
     try:
-        folders = list(jupyter_dirs["JUPYTER_RUNTIME_DIR"].glob(f"inplace-restarter-{proxy_pid}-*"))
+        folders = list(jupyter_dirs["JUPYTER_RUNTIME_DIR"].glob(f"inplace-restarter-{socket.gethostname()}-{proxy_pid}-*"))
         assert inner_pids and folders
         launcher.communicate("exit\n", timeout=30)
         _, alive = psutil.wait_procs(procs, timeout=10)

@@ -253,3 +253,47 @@ def test_user_on_a_spec_already_in_the_user_folder_installs_in_place(jupyter_dir
     done = run_cli("install", "--user", "mine")
     assert done.returncode == 0, done.stderr
     assert load(folder)["argv"] == proxy_argv(sys.executable)
+
+
+SRUN_SPEC = {
+    "argv": ["srun", "--nodes=1", "--job-name=nb", sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "display_name": "Slurm",
+    "language": "python",
+}
+#: the order that keeps the job, written by hand before install could
+HAND_PROXIED_SPEC = {
+    **SRUN_SPEC,
+    "argv": [*SRUN_SPEC["argv"][:3], sys.executable, "-m", "inplace_restarter", "-f", "{connection_file}", "--resource-dir=/x"],
+}
+
+
+def test_list_and_install_say_where_the_proxy_runs_and_what_restart_does(jupyter_dirs):
+    folders = make_specs(jupyter_dirs["JUPYTER_PATH"], {"slurm": SRUN_SPEC, "by-hand": HAND_PROXIED_SPEC})
+    inside = "the proxy runs inside srun: %restart restarts only the kernel and keeps the job"
+    assert inside in run_cli("list").stdout
+    groups = listed()
+    assert groups["installable"]["slurm"]["restart"] == inside
+    assert "not wrapped again" in groups["unknown"]["by-hand"]["reason"]
+
+    before = snapshot(folders["by-hand"])
+    done = run_cli("install", "by-hand")
+    assert done.returncode == 1 and "not wrapped again" in done.stderr
+    assert snapshot(folders["by-hand"]) == before
+
+    done = run_cli("install", "slurm")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == f"  {inside}"
+    assert listed()["installed"]["slurm"]["restart"] == inside
+
+
+def test_install_outside_and_remove_round_trip(jupyter_dirs):
+    folder = make_spec(jupyter_dirs["JUPYTER_PATH"], "slurm", SRUN_SPEC)
+    before = load(folder)
+    done = run_cli("install", "--outside", "slurm")
+    assert done.returncode == 0, done.stderr
+    outside = "the proxy runs outside srun: %restart starts srun again (a new job)"
+    assert outside in done.stdout
+    assert load(folder)["argv"] == proxy_argv(sys.executable)
+    assert outside in run_cli("list").stdout
+    assert run_cli("remove", "slurm").returncode == 0
+    assert load(folder) == before

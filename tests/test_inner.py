@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import time
 
@@ -16,7 +17,7 @@ from jupyter_client.manager import KernelManager
 
 from inplace_restarter.inner import kill_if_running, prelaunch
 
-from .helpers import execute, inner_pid, running, stdout_of
+from .helpers import execute, inner_pid, proxied, running, stdout_of, write_spec
 
 
 def gone_within(pids: list[int], seconds: float) -> bool:
@@ -94,7 +95,7 @@ def test_a_proxy_cleans_up_the_folders_of_proxies_killed_before_it(specs, jupyte
         os.kill(proxy_pid, signal.SIGKILL)
         assert gone_within([proxy_pid], 2)
     runtime = jupyter_dirs["JUPYTER_RUNTIME_DIR"]
-    left = list(runtime.glob(f"inplace-restarter-{proxy_pid}-*"))
+    left = list(runtime.glob(f"inplace-restarter-{socket.gethostname()}-{proxy_pid}-*"))
     assert left, "SIGKILL leaves the killed proxy's folder behind"
     with running("proxied"):
         assert not any(folder.exists() for folder in left)
@@ -136,3 +137,38 @@ def test_without_a_connection_file_to_read_the_key_from_the_proxy_launches_the_k
     spec_dir = f"--resource-dir={kernels_dir / 'proxied'}"
     assert prelaunch([spec_dir]) is None
     assert prelaunch(["-f", str(tmp_path / "not-there.json"), spec_dir]) is None
+
+
+def unused_pid() -> int:
+    """A pid no process here has: what a proxy on another node looks like from this one."""
+    return next(pid for pid in range(30000, 1000, -1) if not psutil.pid_exists(pid))
+
+
+@pytest.mark.timeout(180)
+def test_a_proxy_on_another_host_sharing_the_runtime_folder_keeps_its_folder(specs, jupyter_dirs, kernels_dir):
+    """Node B's proxy runs in a UTS and pid namespace of its own (hostname nodeb, a pid dead here).
+
+    A proxy starting on this host must leave B's folder alone: B's next
+    %restart writes its new kernel's connection file there.
+    """
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("unshare and root are needed for a second host's namespaces")
+    last = unused_pid() - 1
+    node_b = 'hostname nodeb && echo {} > /proc/sys/kernel/ns_last_pid && "$@"'.format(last)
+    write_spec(kernels_dir, "on-nodeb", {
+        **proxied(),
+        "argv": ["unshare", "--uts", "--pid", "--fork", "--mount-proc", "sh", "-c", node_b, "sh", *proxied()["argv"]],
+    })
+    (kernels_dir / "on-nodeb" / "kernel.json").write_text(
+        (kernels_dir / "on-nodeb" / "kernel.json").read_text().replace("{resource_dir}", str(kernels_dir / "proxied"))
+    )
+    runtime = jupyter_dirs["JUPYTER_RUNTIME_DIR"]
+    here = runtime / f"inplace-restarter-{socket.gethostname()}-{unused_pid()}-dead"
+    here.mkdir()
+    with running("on-nodeb") as (km_b, kc_b):
+        (theirs,) = runtime.glob("inplace-restarter-nodeb-*")
+        assert not psutil.pid_exists(int(theirs.name.split("-")[3])), "B's pid means nothing here"
+        with running("proxied") as (km, kc):
+            assert theirs.exists() and not here.exists(), "only this host's dead proxies' folders are swept"
+            reply, _ = execute(kc_b, "%restart")
+            assert reply["content"]["status"] == "ok", reply

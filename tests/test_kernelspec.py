@@ -27,10 +27,13 @@ from inplace_restarter.kernelspec import (
     UNKNOWN,
     SpecError,
     choose_python,
+    inner_spec_fields,
     original_argv,
+    place,
     proxy_argv,
     read_kernel_json,
     state_of,
+    summary_of,
     survey,
     unwrapped,
     wrapped,
@@ -188,3 +191,86 @@ def test_a_kernel_not_started_by_python_gets_our_python():
     python, why = choose_python(IRKERNEL_SPEC["argv"])
     assert python == sys.executable
     assert "started by R, not Python" in why
+
+
+KERNEL = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+PROXY = [sys.executable, "-m", "inplace_restarter", "-f", "{connection_file}", "--resource-dir={resource_dir}"]
+
+
+@pytest.mark.parametrize(
+    "prefix, launcher, interrupt_mode",
+    [
+        (["srun", "-N", "1", "--job-name", "nb", "--pty", "-c2"], "srun", "message"),
+        (["mpirun", "-np", "1", "--mca", "btl", "self", "--oversubscribe"], "mpirun", "message"),
+        (["mpiexec", "-n", "1"], "mpiexec", "message"),
+        (["ssh", "-p", "2222", "-o", "BatchMode=yes", "node7"], "ssh", "message"),
+    ],
+)
+def test_install_puts_the_proxy_behind_a_launcher_and_remove_restores_the_spec(prefix, launcher, interrupt_mode):
+    spec = {"argv": [*prefix, *KERNEL], "display_name": "x", "language": "python", "interrupt_mode": "signal"}
+    placement = place(spec["argv"])
+    assert (placement.order, placement.launchers, placement.python) == ("inside", [launcher], sys.executable)
+    assert f"the same path must work where {launcher} runs it" in placement.why
+    new = wrapped(spec, placement)
+    assert new["argv"] == [*prefix, *PROXY]
+    assert new["interrupt_mode"] == interrupt_mode
+    assert state_of(new) == (INSTALLED, "")
+    assert summary_of(new).startswith(f"the proxy runs inside {launcher}: %restart restarts only the kernel")
+    assert unwrapped(new) == spec
+
+
+def test_the_proxy_starts_the_kernel_command_behind_the_launcher_with_the_spec_s_own_interrupt_mode(tmp_path):
+    spec = {"argv": ["srun", *KERNEL], "display_name": "x", "language": "python", "env": {"A": "1"}}
+    write_kernel_json(tmp_path, wrapped(spec, sys.executable))
+    assert inner_spec_fields(tmp_path) == {**spec, "argv": KERNEL}
+    assert "interrupt_mode" not in unwrapped(read_kernel_json(tmp_path))
+
+
+def test_outside_keeps_the_launcher_behind_the_proxy_which_interrupts_through_it_by_message(tmp_path):
+    spec = {"argv": ["srun", *KERNEL], "display_name": "x", "language": "python"}
+    placement = place(spec["argv"], outside=True)
+    assert placement.summary() == "the proxy runs outside srun: %restart starts srun again (a new job)"
+    new = wrapped(spec, placement)
+    assert new["argv"] == proxy_argv(sys.executable) and "interrupt_mode" not in new
+    write_kernel_json(tmp_path, new)
+    assert inner_spec_fields(tmp_path)["argv"] == spec["argv"]
+    assert inner_spec_fields(tmp_path)["interrupt_mode"] == "message"
+    assert unwrapped(new) == spec
+
+
+def test_a_container_whose_python_cannot_import_the_proxy_gets_it_in_front_inside_the_job():
+    argv = ["srun", "-N1", "apptainer", "exec", "--nv", "-B", "/a:/b", "image.sif", "python3", "-m", "ipykernel", "-f", "{connection_file}"]
+    placement = place(argv)
+    assert placement.launchers == ["srun", "apptainer"]
+    assert placement.inner_argv == argv[2:], "the proxy starts the container"
+    assert wrapped({"argv": argv}, placement)["argv"] == ["srun", "-N1", *PROXY]
+    assert "so it runs in front of apptainer" in placement.why
+    assert placement.summary().endswith("keeps the job and the container")
+
+
+def test_remote_ikernel_with_a_batch_interface_runs_the_proxy_in_its_kernel_command(tmp_path):
+    argv = [sys.executable, "-m", "remote_ikernel", "--interface", "slurm", "--kernel_cmd",
+            "ipython kernel -f {host_connection_file}", "{connection_file}"]
+    spec = {"argv": argv, "display_name": "rik", "language": "python"}
+    new = wrapped(spec, place(argv), tmp_path)
+    command = new["argv"][6]
+    assert command.startswith(f"{sys.executable} -m inplace_restarter -f ") and "{host_connection_file}" in command
+    assert command.endswith(f"--resource-dir={tmp_path}"), "remote_ikernel does not fill in {resource_dir}"
+    assert new["argv"][:6] == argv[:6] and new["argv"][7:] == argv[7:]
+    assert new["metadata"][METADATA_KEY]["inner_argv"] == ["ipython", "kernel", "-f", "{connection_file}"]
+    assert unwrapped(new) == spec
+    local = [*argv[:4], "local", *argv[5:]]
+    assert place(local).order == "", "an interface without a job is an ordinary kernel command"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["srun", "-N1", *PROXY],
+        ["ssh", "node", "python3", "-m", "inplace_restarter", "-f", "{connection_file}"],
+        [sys.executable, "-m", "remote_ikernel", "--interface=slurm", f"--kernel_cmd=python -m inplace_restarter -f {{host_connection_file}}", "{connection_file}"],
+    ],
+)
+def test_a_spec_running_the_proxy_anywhere_is_never_wrapped_again(argv):
+    state, why = state_of({"argv": argv})
+    assert state == UNKNOWN and "runs inplace_restarter but the original argv is not saved" in why

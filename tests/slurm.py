@@ -1,0 +1,247 @@
+"""A real single-node Slurm cluster for the tests, from Debian's packages, in a temporary folder.
+
+munged, slurmctld and slurmd run in the foreground, each in a session of
+its own, with their own ports, socket, spool and state folders, so nothing
+in /etc or /run is touched and a second test session on the same machine
+gets a cluster of its own. Clients find it through ``SLURM_CONF``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import suppress
+from pathlib import Path
+
+import pytest
+
+DAEMONS = ("munged", "slurmctld", "slurmd")
+CLIENTS = ("srun", "squeue", "sinfo", "scontrol", "scancel")
+#: munged, slurmctld and slurmd up and the node idle takes about 40 s here from nothing.
+START_TIMEOUT = 120
+
+
+class Unavailable(Exception):
+    """What this machine lacks to run a cluster; the message says what."""
+
+
+def missing() -> str | None:
+    """Why no cluster can be started here, or None."""
+    if os.geteuid() != 0:
+        return "a Slurm cluster for the tests needs root (slurmd runs jobs as any user)"
+    absent = [name for name in (*DAEMONS, *CLIENTS) if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
+    if absent:
+        return f"{', '.join(absent)} not found: apt-get install slurmctld slurmd slurm-client munge"
+    try:
+        pwd.getpwnam("munge")
+    except KeyError:
+        return "no user 'munge' (the munge package creates it)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def _binary(name: str) -> str:
+    return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+def real_memory() -> int:
+    """The node's memory as slurmd measures it, a little less, so that the node is not refused."""
+    out = subprocess.run([_binary("slurmd"), "-C"], capture_output=True, text=True, timeout=30, check=True).stdout
+    fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
+    return max(int(fields["RealMemory"]) - 512, 100)
+
+
+class Cluster:
+    """One controller and one node, started by ``start`` and stopped (every daemon by pid) by ``stop``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.host = socket.gethostname().split(".")[0]
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.env = {**os.environ, "SLURM_CONF": str(self.root / "slurm.conf")}
+
+    # -- setup ------------------------------------------------------------
+
+    def _munge_files(self) -> Path:
+        """munged's key, socket and state, in a folder only the munge user may write (munged checks)."""
+        munge = pwd.getpwnam("munge")
+        folder = self.root / "munge"
+        folder.mkdir()
+        folder.chmod(0o755)
+        key = folder / "munge.key"
+        key.write_bytes(os.urandom(128))
+        key.chmod(0o400)
+        for path in (folder, key):
+            os.chown(path, munge.pw_uid, munge.pw_gid)
+        # munged wants the socket folder and its parents searchable by all, writable by none but their owner.
+        self.root.chmod(0o755)
+        return folder
+
+    def _write_conf(self, munge_socket: Path) -> None:
+        for name in ("spool", "state", "log"):
+            (self.root / name).mkdir()
+        settings = {
+            "ClusterName": f"t{os.getpid()}",
+            "SlurmctldHost": self.host,
+            "SlurmctldPort": _free_port(),
+            "SlurmdPort": _free_port(),
+            "SlurmUser": "root",
+            "SlurmdUser": "root",
+            "AuthType": "auth/munge",
+            "AuthInfo": f"socket={munge_socket}",
+            "StateSaveLocation": self.root / "state",
+            "SlurmdSpoolDir": self.root / "spool",
+            "SlurmctldPidFile": self.root / "slurmctld.pid",
+            "SlurmdPidFile": self.root / "slurmd.pid",
+            "SlurmctldLogFile": self.root / "log" / "slurmctld.log",
+            "SlurmdLogFile": self.root / "log" / "slurmd.log",
+            "ProctrackType": "proctrack/linuxproc",
+            "TaskPlugin": "task/none",
+            "SelectType": "select/cons_tres",
+            "SelectTypeParameters": "CR_Core",
+            "JobAcctGatherType": "jobacct_gather/none",
+            "AccountingStorageType": "accounting_storage/none",
+            "MpiDefault": "none",
+            "ReturnToService": 2,
+            "SchedulerType": "sched/backfill",
+            # A killed step ends its job at once rather than after the default 30 s.
+            "KillWait": 2,
+            "InactiveLimit": 0,
+        }
+        lines = [f"{k}={v}" for k, v in settings.items()]
+        lines += [
+            f"NodeName={self.host} CPUs=2 RealMemory={real_memory()} State=UNKNOWN",
+            f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+        ]
+        (self.root / "slurm.conf").write_text("\n".join(lines) + "\n")
+
+    def _spawn(self, name: str, argv: list[str], user: str | None = None) -> None:
+        with open(self.root / "log" / f"{name}.out", "wb") as log:
+            self.processes[name] = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env, start_new_session=True, user=user,
+            )
+
+    def start(self) -> None:
+        """Start the daemons and return once the node is idle; Unavailable says what failed."""
+        munge = self._munge_files()
+        self._write_conf(munge / "munge.socket")
+        self._spawn("munged", [
+            _binary("munged"), "-F", f"--socket={munge / 'munge.socket'}", f"--key-file={munge / 'munge.key'}",
+            f"--pid-file={munge / 'munged.pid'}", f"--seed-file={munge / 'munged.seed'}", f"--log-file={munge / 'munged.log'}",
+        ], user="munge")
+        self._wait(lambda: (munge / "munge.socket").exists(), "munged to open its socket", "munged")
+        conf = str(self.root / "slurm.conf")
+        self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-f", conf])
+        self._wait(lambda: self._run("scontrol", "ping").stdout.count("UP") >= 1, "slurmctld to answer ping", "slurmctld")
+        self._spawn("slurmd", [_binary("slurmd"), "-D", "-f", conf])
+        self._wait(self._idle, f"node {self.host} to be idle", "slurmd")
+
+    def _run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=timeout, check=False)
+
+    def _idle(self) -> bool:
+        out = self._run("sinfo", "--noheader", "--nodes", self.host, "--format=%t").stdout.split()
+        return out == ["idle"]
+
+    def _wait(self, ready, what: str, daemon: str) -> None:
+        """Poll ``ready`` until it holds; a daemon that exits or a deadline passed is an error with its log."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ready():
+            process = self.processes[daemon]
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = (self.root / "log" / f"{daemon}.out").read_text(errors="replace")[-2000:]
+                state = f"exited with {process.returncode}" if process.returncode is not None else "timed out"
+                raise Unavailable(f"waiting for {what}: {daemon} {state}:\n{log}")
+            time.sleep(0.2)
+
+    # -- use --------------------------------------------------------------
+
+    def jobs(self) -> list[dict]:
+        """The jobs in the queue: id, name and state of each."""
+        out = self._run("squeue", "--noheader", "--format=%i|%j|%T").stdout
+        return [dict(zip(("id", "name", "state"), line.split("|"))) for line in out.splitlines() if line]
+
+    def wait_for_empty_queue(self, timeout: float = 15) -> float:
+        """Seconds until the queue is empty; AssertionError with what is left after ``timeout``."""
+        start = time.monotonic()
+        while jobs := self.jobs():
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"jobs still in the queue after {timeout} s: {jobs}")
+            time.sleep(0.2)
+        return time.monotonic() - start
+
+    def cancel_all(self) -> None:
+        ids = [job["id"] for job in self.jobs()]
+        if ids:
+            self._run("scancel", "--full", *ids)
+
+    def stop(self) -> None:
+        """Cancel what is left in the queue, then end each daemon by its pid: SIGTERM, then SIGKILL."""
+        if "slurmctld" in self.processes and self.processes["slurmctld"].poll() is None:
+            self.cancel_all()
+            with suppress(AssertionError):
+                self.wait_for_empty_queue(30)
+        for name in reversed(DAEMONS):
+            process = self.processes.pop(name, None)
+            if process is None:
+                continue
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(15)
+
+
+def _fail_or_skip(reason: str) -> None:
+    """Outside CI a machine without Slurm skips these tests; in CI (CI=true) that is a failure."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the Slurm tests: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """One cluster for the session: started on first use, every daemon stopped by pid at the end."""
+    reason = missing()
+    if reason:
+        _fail_or_skip(reason)
+    # Not below pytest's 0700 temporary folder: munged wants every folder above its socket searchable.
+    root = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
+    cluster = Cluster(root)
+    try:
+        cluster.start()
+    except Unavailable as e:
+        cluster.stop()
+        _fail_or_skip(f"the test cluster did not start: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm(slurm_cluster, monkeypatch):
+    """The cluster, with this test's client outside any allocation and an empty queue before and after."""
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "SRUN_", "SALLOC_", "SBATCH_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
+    slurm_cluster.wait_for_empty_queue(30)
+    yield slurm_cluster
+    left = slurm_cluster.jobs()
+    slurm_cluster.cancel_all()
+    slurm_cluster.wait_for_empty_queue(30)
+    assert not left, f"the test left jobs in the queue: {left}"

@@ -1,0 +1,194 @@
+"""Kernels in a Slurm job, on a real single-node cluster, with the client outside any allocation.
+
+The spec is a user's srun spec; ``install`` puts the proxy inside srun, so
+``%restart`` and the rescue of a hung kernel restart only the kernel, in the
+same job; shutdown, and even SIGKILL of the proxy, leave no job behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from inplace_restarter.kernelspec import METADATA_KEY
+
+from .helpers import PYTHON, execute, reply_to, stdout_of
+from .spec_helpers import load, make_spec, run_cli
+
+pytestmark = pytest.mark.timeout(300)
+
+SRUN_SPEC = {
+    "argv": ["srun", "--nodes=1", "--ntasks=1", "--job-name=nbkernel", PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "display_name": "Python in a Slurm job",
+    "language": "python",
+}
+WHERE = "import os\nprint(os.environ['SLURM_JOB_ID'], os.getpid(), os.getppid())"
+
+
+@pytest.fixture
+def srun_spec(jupyter_dirs):
+    return make_spec(jupyter_dirs["JUPYTER_PATH"], "slurm-py", SRUN_SPEC)
+
+
+def installed(*options: str) -> str:
+    done = run_cli("install", *options, "slurm-py")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@contextmanager
+def running_in_job(cluster, name: str = "slurm-py"):
+    """Start the kernel as Jupyter does; shut it down as Jupyter does (a shutdown_request, not a kill)."""
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=120)
+    try:
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel()
+
+
+def where(kc) -> tuple[str, int, int]:
+    """The kernel's job id, pid and parent pid (the proxy, when proxied)."""
+    reply, outputs = execute(kc, WHERE)
+    assert reply["content"]["status"] == "ok", reply
+    job, pid, parent = stdout_of(outputs).split()
+    return job, int(pid), int(parent)
+
+
+class QueueWatch:
+    """Every job id seen in the queue while it runs, polled in a thread."""
+
+    def __init__(self, cluster):
+        self.cluster, self.seen, self._stop = cluster, set(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.seen.update(job["id"] for job in self.cluster.jobs())
+            self._stop.wait(0.1)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def test_install_puts_the_proxy_inside_srun_with_interrupts_by_message(srun_spec):
+    before = load(srun_spec)
+    out = installed()
+    assert "the proxy runs inside srun: %restart restarts only the kernel and keeps the job" in out
+    spec = load(srun_spec)
+    assert spec["argv"][:4] == SRUN_SPEC["argv"][:4]
+    assert spec["argv"][4:] == [PYTHON, "-m", "inplace_restarter", "-f", "{connection_file}", "--resource-dir={resource_dir}"]
+    assert spec["interrupt_mode"] == "message", "srun takes SIGINT as a status request"
+    assert spec["metadata"][METADATA_KEY]["inner_argv"] == SRUN_SPEC["argv"][4:]
+    done = run_cli("remove", "slurm-py")
+    assert done.returncode == 0, done.stderr
+    assert load(srun_spec) == before
+
+
+def test_restart_keeps_the_job_and_interrupt_and_shutdown_leave_no_job(srun_spec, slurm):
+    installed()
+    with running_in_job(slurm) as (km, kc):
+        job, pid, _ = where(kc)
+        assert [j["id"] for j in slurm.jobs()] == [job]
+        with QueueWatch(slurm) as watch:
+            start = time.monotonic()
+            reply, outputs = execute(kc, "%restart", timeout=120)
+            restart_seconds = time.monotonic() - start
+            assert reply["content"]["status"] == "ok", reply
+            new_job, new_pid, _ = where(kc)
+        assert (new_job, watch.seen) == (job, {job}), "one job, the same, throughout the restart"
+        assert new_pid != pid
+        print(f"%restart inside srun: {restart_seconds:.2f} s")
+
+        msg_id = kc.execute("import time; time.sleep(600)")
+        wait_for_busy(kc, msg_id)
+        km.interrupt_kernel()
+        reply = reply_to(kc, msg_id, timeout=30)
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert where(kc)[:2] == (job, new_pid), "the interrupt stopped the cell, not the kernel"
+    print(f"queue empty {slurm.wait_for_empty_queue(15):.1f} s after shutdown")
+
+
+def wait_for_busy(kc, msg_id: str, timeout: float = 30) -> None:
+    """Wait until the cell ``msg_id`` is running (its execute_input is out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=deadline - time.monotonic())
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+            return
+    raise AssertionError("the cell did not start")
+
+
+def iopub_text(kc, msg_id: str, text: str, timeout: float = 60) -> None:
+    """Wait for ``text`` in a stream the cell ``msg_id`` writes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=deadline - time.monotonic())
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream" and text in msg["content"]["text"]:
+            return
+    raise AssertionError(f"{text!r} was not written")
+
+
+def test_a_hung_kernel_is_rescued_inside_the_job_and_shutdown_leaves_no_job(srun_spec, slurm):
+    installed()
+    spec = load(srun_spec)
+    spec["argv"].append("--RescuePolicy.interrupt_grace=1")
+    (srun_spec / "kernel.json").write_text(__import__("json").dumps(spec))
+    with running_in_job(slurm) as (km, kc):
+        job, pid, _ = where(kc)
+        msg_id = kc.execute("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(600)")
+        wait_for_busy(kc, msg_id)
+        km.interrupt_kernel()
+        iopub_text(kc, msg_id, "does not respond to interrupts")
+        km.interrupt_kernel()
+        reply = reply_to(kc, msg_id, timeout=60)
+        assert reply["content"]["status"] == "error"
+        new_job, new_pid, _ = where(kc)
+        assert (new_job, [j["id"] for j in slurm.jobs()]) == (job, [job])
+        assert new_pid != pid
+    slurm.wait_for_empty_queue(15)
+
+
+def test_a_proxy_killed_with_sigkill_leaves_no_job(srun_spec, slurm):
+    installed()
+    with running_in_job(slurm) as (km, kc):
+        job, _, proxy = where(kc)
+        assert [j["id"] for j in slurm.jobs()] == [job]
+        os.kill(proxy, signal.SIGKILL)
+        slurm.wait_for_empty_queue(15)
+        km.provisioner.process.wait(15)
+
+
+def test_outside_srun_restart_starts_a_new_job_and_the_old_one_ends(srun_spec, slurm):
+    out = installed("--outside")
+    assert "the proxy runs outside srun: %restart starts srun again (a new job)" in out
+    spec = load(srun_spec)
+    assert spec["argv"][0] == PYTHON and "interrupt_mode" not in spec
+    assert spec["metadata"][METADATA_KEY]["inner_interrupt_mode"] == "message"
+    with running_in_job(slurm) as (km, kc):
+        job, pid, _ = where(kc)
+        reply, _ = execute(kc, "%restart", timeout=120)
+        assert reply["content"]["status"] == "ok", reply
+        new_job, new_pid, _ = where(kc)
+        assert new_job != job and new_pid != pid
+        deadline = time.monotonic() + 15
+        while job in {j["id"] for j in slurm.jobs()}:
+            assert time.monotonic() < deadline, f"the old job {job} is still in the queue"
+            time.sleep(0.2)
+        msg_id = kc.execute("import time; time.sleep(600)")
+        wait_for_busy(kc, msg_id)
+        km.interrupt_kernel()
+        assert reply_to(kc, msg_id, timeout=30)["content"]["ename"] == "KeyboardInterrupt"
+    slurm.wait_for_empty_queue(15)
