@@ -156,7 +156,8 @@ def cmd_list(args) -> int:
     if args.json:
         data = {
             state: [
-                {"name": e.name, "resource_dir": str(e.resource_dir), "reason": e.reason or None, "legacy": e.legacy}
+                {"name": e.name, "resource_dir": str(e.resource_dir), "reason": e.reason or None, "legacy": e.legacy,
+                 "restart_button_in_place": restart_button(e)[0]}
                 for e in group
             ]
             for state, group in groups.items()
@@ -178,9 +179,21 @@ def cmd_list(args) -> int:
             notes = [f"({e.reason})"] if e.reason else []
             notes += ["(inplace_restarter 0.1.0 form; install migrates it)"] if e.legacy else []
             print(f"  {mark} {repr(e.name):<{width}}  {e.resource_dir}", *notes)
+            if state == INSTALLED:
+                in_place, why = restart_button(e)
+                print(f"      Jupyter's Restart button restarts {'in place' if in_place else 'the whole kernel'} ({why})")
         if group and command:
             print(f"  to {command}: {prog()} {command} {' '.join(shlex.quote(e.name) for e in group)}")
     return 0
+
+
+def restart_button(entry) -> tuple[bool, str]:
+    """Whether a Jupyter server of this environment restarts ``entry`` in place, and why (not)."""
+    if not entry.spec:
+        return False, entry.reason
+    from .serverextension import restart_button as of_spec
+
+    return of_spec(entry.spec)
 
 
 def cmd_install(args) -> int:

@@ -20,6 +20,7 @@ import os
 
 from jupyter_client.provisioning import KernelProvisionerFactory
 
+from .kernelspec import original_argv
 from .provisioner import PROVISIONER_NAME, is_proxied
 
 EXTENSION_NAME = "inplace_restarter"
@@ -50,7 +51,7 @@ def restart_button(spec: dict) -> tuple[bool, str]:
     As seen from here: the server's own environment may differ.
     """
     if not is_proxied(spec.get("metadata")):
-        return False, "the proxy is not installed"
+        return False, "the 0.1.0 form: install migrates it" if original_argv(spec) else "the proxy is not installed"
     named = ((spec.get("metadata") or {}).get("kernel_provisioner") or {}).get("provisioner_name")
     if named:
         return named == PROVISIONER_NAME, f"the spec names the provisioner {named!r}"
@@ -58,9 +59,10 @@ def restart_button(spec: dict) -> tuple[bool, str]:
     if env:
         return env == PROVISIONER_NAME, f"{KernelProvisionerFactory.default_provisioner_name_env}={env}"
     try:
+        from jupyter_core.paths import jupyter_config_path
         from jupyter_server.extension.config import ExtensionConfigManager
     except ImportError:
         return False, "jupyter_server is not installed here"
-    if not ExtensionConfigManager().enabled(EXTENSION_NAME):
+    if not ExtensionConfigManager(read_config_path=jupyter_config_path()).enabled(EXTENSION_NAME):
         return False, f"the {EXTENSION_NAME} server extension is disabled"
     return True, f"the {EXTENSION_NAME} server extension is enabled"

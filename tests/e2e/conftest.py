@@ -204,14 +204,17 @@ SERVER_EXTENSION_CONFIG = Path(__file__).parents[2] / "etc/jupyter/jupyter_serve
 
 
 @pytest.fixture
-def restart_button_enabled(jupyter_dirs) -> None:
+def restart_button_enabled(jupyter_dirs, tmp_path_factory, monkeypatch) -> None:
     """The server extension enabled as pip install enables it; request it before the server.
 
-    An editable install (the tests') has no data files, so the test's config folder gets the file.
+    An editable install (the tests') has no data files, so the file goes to a
+    config folder of its own on JUPYTER_CONFIG_PATH, standing in for the
+    environment's etc/jupyter.
     """
-    target = jupyter_dirs["JUPYTER_CONFIG_DIR"] / "jupyter_server_config.d"
-    target.mkdir(exist_ok=True)
-    shutil.copy(SERVER_EXTENSION_CONFIG, target)
+    folder = tmp_path_factory.mktemp("etc-jupyter")
+    (folder / "jupyter_server_config.d").mkdir()
+    shutil.copy(SERVER_EXTENSION_CONFIG, folder / "jupyter_server_config.d")
+    monkeypatch.setenv("JUPYTER_CONFIG_PATH", str(folder))
 
 
 @pytest.fixture

@@ -82,6 +82,16 @@ def test_rest_restart_keeps_the_proxy_and_restarts_the_kernel_behind_it(
         assert "Restarted the kernel in place in" in server.log()
 
 
+def test_with_another_default_provisioner_the_rest_restart_is_the_ordinary_one(
+    restart_button_enabled, proxied_kernel, jupyter_dirs, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("JUPYTER_DEFAULT_PROVISIONER_NAME", "local-provisioner")
+    with jupyter_server("jupyterlab", tmp_path) as server:
+        (proxy, _), (proxy_after, _) = start_and_restart(server, jupyter_dirs)
+        assert proxy_after != proxy
+        assert "keeping the default kernel provisioner 'local-provisioner'" in server.log()
+
+
 @pytest.fixture(scope="session")
 def python_without_the_package(tmp_path_factory) -> str:
     """A venv with jupyter_server only, installed by pip: a server environment without inplace_restarter."""
