@@ -82,10 +82,15 @@ def test_rest_restart_keeps_the_proxy_and_restarts_the_kernel_behind_it(
         assert "Restarted the kernel in place in" in server.log()
 
 
+@pytest.mark.parametrize("where", ["environment", "config"])
 def test_with_another_default_provisioner_the_rest_restart_is_the_ordinary_one(
-    restart_button_enabled, proxied_kernel, jupyter_dirs, tmp_path, monkeypatch
+    restart_button_enabled, proxied_kernel, jupyter_dirs, tmp_path, monkeypatch, where
 ):
-    monkeypatch.setenv("JUPYTER_DEFAULT_PROVISIONER_NAME", "local-provisioner")
+    if where == "environment":
+        monkeypatch.setenv("JUPYTER_DEFAULT_PROVISIONER_NAME", "local-provisioner")
+    else:
+        setting = 'c.KernelProvisionerFactory.default_provisioner_name = "local-provisioner"\n'
+        (jupyter_dirs["JUPYTER_CONFIG_DIR"] / "jupyter_server_config.py").write_text(setting)
     with jupyter_server("jupyterlab", tmp_path) as server:
         (proxy, _), (proxy_after, _) = start_and_restart(server, jupyter_dirs)
         assert proxy_after != proxy
