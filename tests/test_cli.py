@@ -239,7 +239,7 @@ def test_a_spec_folder_the_user_cannot_write_offers_user_which_installs_on_a_cop
 
     done = run_cli("list", "--json", python=python)
     assert json.loads(done.stdout)["installed"][0] == {
-        "name": "sys-wide", "resource_dir": str(copy), "reason": None, "legacy": False
+        "name": "sys-wide", "resource_dir": str(copy), "reason": None, "legacy": False, "restart_button_in_place": False
     }
 
 
