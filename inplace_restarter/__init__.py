@@ -9,6 +9,12 @@ Where things live:
 - ``app``: the kernel application that binds the client's sockets.
 - ``kernelspec``: reading and rewriting kernel.json files.
 - ``cli``: ``python -m inplace_restarter list|install|remove|wizard``.
+- ``provisioner``, ``serverextension``: Jupyter's own Restart restarts in place.
 """
 
 __version__ = "0.2.0"
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    """Jupyter server's entry to the extension named ``inplace_restarter``."""
+    return [{"module": "inplace_restarter.serverextension"}]

@@ -161,6 +161,7 @@ def cmd_list(args) -> int:
                 {
                     "name": e.name, "resource_dir": str(e.resource_dir), "reason": e.reason or None,
                     "legacy": e.legacy, "restart": summary_of(e.spec) if e.state != UNKNOWN else None,
+                    "restart_button_in_place": restart_button(e)[0],
                 }
                 for e in group
             ]
@@ -186,9 +187,21 @@ def cmd_list(args) -> int:
             summary = summary_of(e.spec) if e.state != UNKNOWN else NO_LAUNCHER
             if summary != NO_LAUNCHER:
                 print(f"    {' ' * width}  {summary}")
+            if state == INSTALLED:
+                in_place, why = restart_button(e)
+                print(f"    {' ' * width}  Jupyter's Restart button restarts {'in place' if in_place else 'the whole kernel'} ({why})")
         if group and command:
             print(f"  to {command}: {prog()} {command} {' '.join(shlex.quote(e.name) for e in group)}")
     return 0
+
+
+def restart_button(entry) -> tuple[bool, str]:
+    """Whether a Jupyter server of this environment restarts ``entry`` in place, and why (not)."""
+    if not entry.spec:
+        return False, entry.reason
+    from .serverextension import restart_button as of_spec
+
+    return of_spec(entry.spec)
 
 
 def cmd_install(args) -> int:

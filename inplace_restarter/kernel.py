@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import shlex
 import shutil
 import signal
@@ -26,6 +27,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
 from .inner import InnerKernel, private_runtime_dir
+from .provisioner import ENV_NAME, REPLY_KEY
 from .relay import InnerKernelDied
 from .rescue import Rescuer, RescuePolicy
 
@@ -121,6 +123,8 @@ class ProxyKernel(Kernel):
         self._abort_through = 0
         #: old kernels shutting down in the background after a swap to the spare
         self._retiring: set[asyncio.Task] = set()
+        #: a restart in place asked for by Jupyter's own restart (see shutdown_request)
+        self._restarting: asyncio.Task | None = None
         #: shell messages received and not yet handled
         self._queued = 0
         atexit.register(self.cleanup)
@@ -211,6 +215,30 @@ class ProxyKernel(Kernel):
         InnerKernel.kill_all()
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    async def shutdown_request(self, stream, ident, parent) -> None:
+        """Jupyter's own restart, from a launcher that keeps this process, restarts in place.
+
+        The provisioner reads the reply's REPLY_KEY as the promise that this
+        process stays; any other shutdown_request ends the proxy as usual.
+        """
+        if not (parent["content"].get("restart") and os.environ.get(ENV_NAME) == "1"):
+            await super().shutdown_request(stream, ident, parent)
+            return
+        await self._on_main(self._restart_on_request())
+        content = {"status": "ok", "restart": True, REPLY_KEY: True}
+        self.session.send(stream, "shutdown_reply", content, parent, ident=ident)
+
+    async def _restart_on_request(self) -> None:
+        """Begin a restart in place, after one under way; requests from now on wait for the new kernel."""
+        await self.ready.wait()
+        self.ready.clear()
+        self._restarting = self._loop.create_task(self.restart_in_place(None))
+        self._restarting.add_done_callback(self._restarted_on_request)
+
+    def _restarted_on_request(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("The kernel did not restart: %s", task.exception())
 
     async def do_shutdown(self, restart: bool) -> dict:
         await self._on_main(self._shutdown_inner())
@@ -552,8 +580,11 @@ class ProxyKernel(Kernel):
         self.session.send(
             self.iopub_socket, "status", {"execution_state": "starting"}, parent={}, ident=self._topic("status")
         )
+        message = f"Restarted the kernel in place in {time.monotonic() - started:.1f} s"
+        # A warning, so that the server's log shows every restart, however asked for.
+        self.log.warning("%s", message)
         if parent is not None:
-            self.write_stream(f"Restarted the kernel in place in {time.monotonic() - started:.1f} s\n", parent)
+            self.write_stream(message + "\n", parent)
         self._use(new)
 
     async def _take_spare(self) -> InnerKernel | None:

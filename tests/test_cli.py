@@ -239,6 +239,7 @@ def test_a_spec_folder_the_user_cannot_write_offers_user_which_installs_on_a_cop
     assert json.loads(done.stdout)["installed"][0] == {
         "name": "sys-wide", "resource_dir": str(copy), "reason": None, "legacy": False,
         "restart": "the proxy starts the kernel itself: %restart restarts the kernel process",
+        "restart_button_in_place": False,
     }
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -119,9 +120,12 @@ class JupyterServer:
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}?token={self.token}"
 
-    def api(self, path: str, method: str = "GET"):
+    def api(self, path: str, method: str = "GET", body: dict | None = None):
         request = urllib.request.Request(
-            f"{self.base_url}{path}", method=method, headers={"Authorization": f"token {self.token}"}
+            f"{self.base_url}{path}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+            data=None if body is None else json.dumps(body).encode(),
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read()
@@ -132,8 +136,8 @@ class JupyterServer:
 
 
 @contextmanager
-def jupyter_server(app_module: str, workdir: Path, startup_timeout: float = 60):
-    """Run ``python -m <app_module>`` (jupyterlab or notebook) on loopback with a token.
+def jupyter_server(app_module: str, workdir: Path, startup_timeout: float = 60, python: str = sys.executable):
+    """Run ``python -m <app_module>`` (jupyterlab, notebook or jupyter_server) on loopback with a token.
 
     It serves ``workdir/notebooks`` and logs to ``workdir/<app_module>.log``.
 
@@ -147,7 +151,7 @@ def jupyter_server(app_module: str, workdir: Path, startup_timeout: float = 60):
     port = free_port()
     token = secrets.token_hex(16)
     argv = [
-        sys.executable, "-m", app_module,
+        python, "-m", app_module,
         "--no-browser", "--allow-root",
         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
         f"--IdentityProvider.token={token}",
@@ -165,7 +169,10 @@ def jupyter_server(app_module: str, workdir: Path, startup_timeout: float = 60):
         json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
     )
     log = open(log_path, "wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    # Run from workdir: python -m puts the current folder (a checkout, say) on sys.path.
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=workdir
+    )
     server = JupyterServer(proc, f"http://127.0.0.1:{port}", token, root_dir, log_path)
     try:
         deadline = time.monotonic() + startup_timeout
@@ -190,6 +197,24 @@ def jupyter_server(app_module: str, workdir: Path, startup_timeout: float = 60):
             proc.wait()
         log.close()
         processes_gone(children, f"the {app_module} server")
+
+
+#: the file pip installs in etc/jupyter that enables the server extension
+SERVER_EXTENSION_CONFIG = Path(__file__).parents[2] / "etc/jupyter/jupyter_server_config.d/inplace_restarter.json"
+
+
+@pytest.fixture
+def restart_button_enabled(jupyter_dirs, tmp_path_factory, monkeypatch) -> None:
+    """The server extension enabled as pip install enables it; request it before the server.
+
+    An editable install (the tests') has no data files, so the file goes to a
+    config folder of its own on JUPYTER_CONFIG_PATH, standing in for the
+    environment's etc/jupyter.
+    """
+    folder = tmp_path_factory.mktemp("etc-jupyter")
+    (folder / "jupyter_server_config.d").mkdir()
+    shutil.copy(SERVER_EXTENSION_CONFIG, folder / "jupyter_server_config.d")
+    monkeypatch.setenv("JUPYTER_CONFIG_PATH", str(folder))
 
 
 @pytest.fixture

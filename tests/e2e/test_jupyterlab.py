@@ -128,3 +128,35 @@ def test_old_slider_goes_away_and_a_new_one_is_bound_to_the_new_kernel(lab_noteb
         expect(nb.output(2).locator(".widget-readout")).to_have_text(str(value))
         nb.run(3)
         expect(nb.output(3)).to_have_text(f"value {value}")
+
+
+def test_the_restart_kernel_command_restarts_in_place(restart_button_enabled, lab_notebook):
+    """Lab's own Restart Kernel (toolbar button, confirmed) with the server extension enabled."""
+    pids = "import os\nprint(f'pid={os.getpid()} proxy={os.getppid()}')"
+    nb = lab_notebook([f"x = 1\n{pids}", "x", pids])
+    [kernel_before] = nb.kernels()
+    nb.run(0)
+    before = nb.output(0).inner_text()
+
+    nb.page.locator("jp-button[data-command='notebook:restart-kernel']").click()
+    expect(nb.dialogs).to_have_count(1)
+    nb.dialogs.locator("button.jp-mod-accept").click()
+    expect(nb.dialogs).to_have_count(0)
+    expect(nb.status_bar).to_have_text(f"{DISPLAY_NAME} | Idle")
+
+    nb.run(1)
+    expect(nb.output(1)).to_contain_text("NameError")
+    nb.run(2)
+    after = nb.output(2).inner_text()
+    assert pid_of(after) != pid_of(before)
+    assert proxy_of(after) == proxy_of(before)
+    expect(nb.status).to_have_attribute("data-status", "idle")
+    expect(nb.dialogs).to_have_count(0)
+    [kernel_after] = nb.kernels()
+    assert kernel_after["id"] == kernel_before["id"]
+
+
+def proxy_of(text: str) -> int:
+    match = re.search(r"proxy=(\d+)", text)
+    assert match, f"no proxy pid in {text!r}"
+    return int(match.group(1))
