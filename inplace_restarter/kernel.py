@@ -683,7 +683,8 @@ class ProxyKernel(Kernel):
             await getattr(super(), msg_type)(stream, ident, parent)
             return
         reply = await self._on_main(self._forward_subshell_control(parent, ident))
-        self.session.send(stream, reply["header"]["msg_type"], reply["content"], parent, ident, metadata=reply["metadata"])
+        msg_type, content, metadata = reply["header"]["msg_type"], reply["content"], reply["metadata"]
+        self.session.send(stream, msg_type, content, parent, ident, metadata=metadata)
 
     async def _forward_subshell_control(self, parent: dict, ident: list) -> dict:
         """On the main loop, where the map of subshell ids changes at a restart."""
