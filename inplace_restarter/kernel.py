@@ -45,7 +45,8 @@ spare at once; --cold starts a new kernel instead, e.g. after a pip install.
 """
 
 #: kernel_info supported_features that work through the proxy.
-FORWARDED_FEATURES = ("debugger",)
+SUBSHELLS = "kernel subshells"
+FORWARDED_FEATURES = ("debugger", SUBSHELLS)
 COMM_MSG_TYPES = ("comm_open", "comm_msg", "comm_close")
 
 
@@ -127,6 +128,8 @@ class ProxyKernel(Kernel):
         self._restarting: asyncio.Task | None = None
         #: shell messages received and not yet handled
         self._queued = 0
+        #: the client's subshell ids -> the current inner kernel's (see _carry_subshells)
+        self.subshells: dict[str, str] = {}
         atexit.register(self.cleanup)
 
     def adopt(self, manager, runtime_dir: Path) -> None:
@@ -446,9 +449,13 @@ class ProxyKernel(Kernel):
         queues them behind any other request, with a busy and idle each.
         """
         try:
-            msg_type = self._routable_type(msg)
-            if msg_type is None:
+            header = self._routable_header(msg)
+            if header is None:
                 return
+            if header.get("subshell_id") is not None:
+                await self._on_subshell(msg)
+                return
+            msg_type = header["msg_type"]
             if self._main_asyncio_lock.locked():
                 if msg_type == "interrupt_request":
                     await self.dispatch_shell(msg, subshell_id=subshell_id, concurrent=True)
@@ -462,8 +469,8 @@ class ProxyKernel(Kernel):
             self._queued -= 1
             self._sequence.pop(id(msg), None)
 
-    def _routable_type(self, msg: list) -> str | None:
-        """The message type of a shell message, or None (logged) for one ipykernel refuses before busy.
+    def _routable_header(self, msg: list) -> dict | None:
+        """The header of a shell message, or None (logged) for one ipykernel refuses before busy.
 
         ipykernel 7's shell channel thread reads each message's header, and a
         comm_msg's or comm_close's content, to route it; a message it cannot
@@ -478,7 +485,7 @@ class ProxyKernel(Kernel):
         except Exception:
             self.log.error("Invalid message", exc_info=True)
             return None
-        return msg_type
+        return header_only["header"]
 
     async def dispatch_shell(self, msg: list, /, subshell_id: str | None = None, *, concurrent: bool = False):
         """Abort exactly the execute requests received before a failed cell's reply.
@@ -576,6 +583,7 @@ class ProxyKernel(Kernel):
             if isinstance(new, BaseException):
                 self.ready.set()
                 raise new
+        await self._carry_subshells(new)
         self.execution_count = 0
         self.session.send(
             self.iopub_socket, "status", {"execution_state": "starting"}, parent={}, ident=self._topic("status")
@@ -623,3 +631,131 @@ class ProxyKernel(Kernel):
 
     def _ok(self, execution_count: int) -> dict:
         return {"status": "ok", "execution_count": execution_count, "payload": [], "user_expressions": {}}
+
+    # -- subshells ------------------------------------------------------------
+
+    @property
+    def _inner_has_subshells(self) -> bool:
+        return SUBSHELLS in self._inner_info.get("supported_features", ())
+
+    async def _on_subshell(self, msg: list) -> None:
+        """Forward a request for a subshell as it arrives, and relay the inner kernel's answer.
+
+        The inner kernel runs each subshell in a thread of its own, orders its
+        requests, aborts them after an error and reports busy and idle for
+        them; the proxy passes all of that on, so a subshell's request never
+        waits behind the main shell's, or another subshell's, in the proxy.
+        """
+        ident, frames = self.session.feed_identities(msg, copy=False)
+        try:
+            parent = self.session.deserialize(frames, content=True, copy=False)
+        except Exception:
+            self.log.error("Invalid message", exc_info=True)
+            return
+        msg_type, content = parent["header"]["msg_type"], parent["content"]
+        code = content.get("code") if isinstance(content, dict) else None
+        if msg_type == "execute_request" and isinstance(code, str) and parse_restart(code) is not None:
+            usage = "%restart restarts the whole kernel: run it in the notebook, not in a subshell"
+            self._publish_status("busy", "shell", parent=parent)
+            self.write_stream(f"UsageError: {usage}\n", parent, "stderr")
+            reply = {"status": "error", "ename": "UsageError", "evalue": usage, "traceback": []}
+            self._answer_alone(parent, ident, {**reply, "execution_count": self.execution_count})
+            return
+        await self.ready.wait()
+        inner = self.inner
+        if inner is None or inner.relay is None:
+            self._publish_status("busy", "shell", parent=parent)
+            reply = self._error_reply(parent, "DeadKernelError", "The kernel is not running; run %restart to start it")
+            self._answer_alone(parent, ident, reply["content"])
+            return
+        relay = inner.relay
+        subshell_id = parent["header"]["subshell_id"]
+        if isinstance(subshell_id, str):
+            subshell_id = self.subshells.get(subshell_id, subshell_id)
+        relay.track_client_comm(parent)
+        pending = relay.send(parent, ident, relay_status=True, subshell_id=subshell_id)
+        if msg_type in COMM_MSG_TYPES:
+            return
+        try:
+            reply = await relay.request(parent, ident, wait_idle=False)
+        except InnerKernelDied as died:
+            if not pending.busy_relayed:
+                self._publish_status("busy", "shell", parent=parent)
+            reason = await self.rescuer.after_death(inner, str(died), None)
+            self._answer_alone(parent, ident, self._error_reply(parent, "DeadKernelError", reason)["content"])
+            return
+        self.session.send(
+            self.shell_stream, reply["header"]["msg_type"], reply["content"], parent, ident, metadata=reply["metadata"]
+        )
+        try:
+            await relay.settle(parent["header"]["msg_id"])
+        except InnerKernelDied:
+            self._publish_status("idle", "shell", parent=parent)
+
+    def _answer_alone(self, parent: dict, ident: list, content: dict) -> None:
+        """End a subshell's request the inner kernel cannot answer, after its busy: the reply, then idle."""
+        reply_type = parent["header"]["msg_type"].replace("_request", "_reply")
+        self.session.send(self.shell_stream, reply_type, content, parent, ident)
+        self._publish_status("idle", "shell", parent=parent)
+
+    async def create_subshell_request(self, stream, ident, parent) -> None:
+        await self._subshell_control(stream, ident, parent)
+
+    delete_subshell_request = list_subshell_request = create_subshell_request
+
+    async def _subshell_control(self, stream, ident, parent) -> None:
+        """Create, delete or list subshells in the inner kernel, under the ids the client holds.
+
+        A kernel without subshells gets none of these (ipykernel's base logs
+        them and sends no reply, as such a kernel does).
+        """
+        msg_type = parent["header"]["msg_type"]
+        if not self._inner_has_subshells:
+            await getattr(super(), msg_type)(stream, ident, parent)
+            return
+        reply = await self._on_main(self._forward_subshell_control(parent, ident))
+        msg_type, content, metadata = reply["header"]["msg_type"], reply["content"], reply["metadata"]
+        self.session.send(stream, msg_type, content, parent, ident, metadata=metadata)
+
+    async def _forward_subshell_control(self, parent: dict, ident: list) -> dict:
+        """On the main loop, where the map of subshell ids changes at a restart."""
+        await self.ready.wait()
+        msg_type, content = parent["header"]["msg_type"], parent["content"]
+        options = {}
+        client_id = content.get("subshell_id") if isinstance(content, dict) else None
+        if msg_type == "delete_subshell_request" and isinstance(client_id, str) and client_id in self.subshells:
+            options["content"] = {**content, "subshell_id": self.subshells[client_id]}
+        reply = await self._request(parent, ident, "control", **options)
+        answer = reply["content"]
+        if answer.get("status") != "ok":
+            return reply
+        if msg_type == "create_subshell_request" and isinstance(answer.get("subshell_id"), str):
+            self.subshells[answer["subshell_id"]] = answer["subshell_id"]
+        elif msg_type == "delete_subshell_request":
+            self.subshells.pop(client_id, None)
+        elif msg_type == "list_subshell_request" and isinstance(answer.get("subshell_id"), list):
+            client_ids = {inner_id: client_id for client_id, inner_id in self.subshells.items()}
+            answer["subshell_id"] = [client_ids.get(inner_id, inner_id) for inner_id in answer["subshell_id"]]
+        return reply
+
+    async def _carry_subshells(self, inner: InnerKernel) -> None:
+        """Create the client's subshells again in a new inner kernel, so the ids it holds keep working.
+
+        A subshell console stays open across %restart (JupyterLab forgets its
+        subshells only on a ``restarting`` status, which the proxy never
+        sends), so each client id is mapped to a new subshell of the new
+        kernel; the subshell starts fresh, as the main shell does.
+        """
+        if not self.subshells or inner.relay is None:
+            return
+        if SUBSHELLS not in inner.kernel_info.get("supported_features", ()):
+            self.subshells.clear()
+            return
+        client_ids = list(self.subshells)
+        created = await asyncio.gather(*(inner.relay.create_subshell() for _ in client_ids), return_exceptions=True)
+        for client_id, subshell_id in zip(client_ids, created):
+            if isinstance(subshell_id, str):
+                self.subshells[client_id] = subshell_id
+            else:
+                self.log.warning("Subshell %s was not created again: %s", client_id, subshell_id)
+                del self.subshells[client_id]

@@ -120,6 +120,13 @@ class Pending:
     skip_execute_input: bool = False
     #: the client gets the inner kernel's busy and idle for it, not the proxy's
     relay_status: bool = False
+    #: with relay_status: the inner kernel's busy has gone to the client
+    busy_relayed: bool = False
+
+    @property
+    def has_reply(self) -> bool:
+        """Comm messages have none."""
+        return self.parent["header"]["msg_type"].endswith("_request")
 
 
 class Relay:
@@ -141,6 +148,8 @@ class Relay:
         #: comm_id -> target_name of the comms open in this inner kernel
         self.comms: dict[str, str] = {}
         self._input_request: dict | None = None
+        #: msg_id -> the client's header, of requests forwarded under another subshell id
+        self._renamed: dict[str, dict] = {}
         self._subscribed = asyncio.Event()
         self._closed = False
         exited.add_done_callback(self._abandon)
@@ -167,6 +176,7 @@ class Relay:
         content: dict | None = None,
         skip_execute_input: bool = False,
         relay_status: bool = False,
+        subshell_id: str | None = None,
     ) -> Pending:
         """Forward the client's request ``parent`` to the inner kernel as it is.
 
@@ -174,11 +184,16 @@ class Relay:
         rest of its cell); ``skip_execute_input`` drops the inner kernel's
         echo of it, when the proxy has already published one; with
         ``relay_status`` the inner kernel's busy and idle for it are relayed,
-        and it is forgotten at its idle.
+        and it is forgotten at its idle (a request with a reply once it is
+        settled); ``subshell_id`` is the inner kernel's id of the client's
+        subshell, which the client sees back in the parent of what it causes.
         """
         header = parent["header"]
         pending = Pending(parent, ident, skip_execute_input=skip_execute_input, relay_status=relay_status)
         self.pending[header["msg_id"]] = pending
+        if subshell_id is not None and subshell_id != header.get("subshell_id"):
+            self._renamed[header["msg_id"]] = header
+            header = {**header, "subshell_id": subshell_id}
         msg = self.session.msg(
             header["msg_type"],
             content=parent["content"] if content is None else content,
@@ -321,7 +336,22 @@ class Relay:
             return
         if self.proxy.log.isEnabledFor(logging.DEBUG):
             self.log.debug("<- inner iopub %s", msg_type)
+        if self._renamed:
+            frames = self._restore_parent(frames)
         self.proxy.iopub_socket.send_multipart(frames, copy=False)
+
+    def _restore_parent(self, frames: list) -> list:
+        """The client's own request as parent of what a request forwarded under another subshell id caused."""
+        delim = delimiter(frames)
+        header = self._renamed.get(json.loads(frames[delim + 3].bytes).get("msg_id"))
+        if header is None:
+            return frames
+        idents, _, parts, buffers = verified(self.session, frames)
+        msg = unpacked(parts, buffers)
+        msg["parent_header"] = header
+        if msg["header"]["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
+            del self._renamed[header["msg_id"]]
+        return [*self.session.serialize(msg, ident=idents), *buffers]
 
     def _take_iopub(self, frames: list) -> str | None:
         """Note what the proxy needs of an iopub message; its type if it goes to the client, else None."""
@@ -336,7 +366,12 @@ class Relay:
             pending = self.pending.get(parent_id)
             idle = json.loads(parts[3].bytes).get("execution_state") == "idle"
             if pending is not None and pending.relay_status:
-                if idle:
+                if not idle:
+                    pending.busy_relayed = True
+                elif pending.has_reply:
+                    if not pending.idle.done():
+                        pending.idle.set_result(None)
+                else:
                     del self.pending[parent_id]
                 return msg_type
             if idle and pending is not None and not pending.idle.done():
@@ -350,6 +385,15 @@ class Relay:
             _, _, parts, _ = verified(self.session, frames)
             self._track_comm(msg_type, json.loads(parts[3].bytes))
         return msg_type
+
+    async def create_subshell(self, timeout: float = 10) -> str:
+        """Create a subshell in the inner kernel; its id."""
+        msg = self.session.msg("create_subshell_request", {})
+        reply = await asyncio.wait_for(self.request(msg, [], "control"), timeout)
+        content = reply["content"]
+        if content.get("status") != "ok" or not isinstance(content.get("subshell_id"), str):
+            raise RuntimeError(content.get("evalue") or f"create_subshell_request: {content}")
+        return content["subshell_id"]
 
     def _on_stdin(self, frames: list) -> None:
         answer = self._answer(frames, "stdin")

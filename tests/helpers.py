@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -124,3 +125,11 @@ def reply_to(kc, msg_id: str, timeout: float = 10) -> dict:
         reply = kc.get_shell_msg(timeout=timeout)
         if reply["parent_header"].get("msg_id") == msg_id:
             return reply
+
+
+def wait_for_file(path: Path, timeout: float = 30) -> None:
+    """Wait for a marker file that a cell creates once it runs."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.01)

@@ -54,7 +54,9 @@ def test_kernel_info_is_the_inner_kernels(proxy):
         assert proxied[key] == own[key]
     # IPython ends its banner with a tip it draws anew for every kernel_info.
     assert proxied["banner"].splitlines()[0] == own["banner"].splitlines()[0]
-    assert "kernel subshells" not in proxied["supported_features"]
+    # What the proxy forwards: the debugger, and subshells (see test_subshells).
+    assert proxied["supported_features"] == own["supported_features"]
+    assert "kernel subshells" in proxied["supported_features"]
 
 
 def test_restart_gives_a_fresh_kernel_behind_the_same_client(proxy):

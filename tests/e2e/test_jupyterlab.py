@@ -14,6 +14,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from ..helpers import wait_for_file
 from .conftest import DISPLAY_NAME, RESTART_MESSAGE, open_notebook
 
 pytestmark = pytest.mark.timeout(180)
@@ -160,3 +161,40 @@ def proxy_of(text: str) -> int:
     match = re.search(r"proxy=(\d+)", text)
     assert match, f"no proxy pid in {text!r}"
     return int(match.group(1))
+
+
+def test_a_subshell_console_answers_while_a_notebook_cell_runs_also_after_restart(lab_notebook, tmp_path):
+    def waiting_cell(n: int) -> str:
+        started, release = tmp_path / f"started-{n}", tmp_path / f"release-{n}"
+        return (
+            f"import os, time\nopen({str(started)!r}, 'w').close()\n"
+            f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.05)"
+        )
+
+    nb = lab_notebook(["x = 42", waiting_cell(1), "%restart", "x = 7", waiting_cell(2)])
+    nb.run(0)
+    nb.prompt(0).click(button="right")
+    item = nb.page.locator(".lm-Menu-item", has_text="New Subshell Console for Notebook")
+    expect(item).to_be_visible()
+    item.click()
+    console = nb.page.locator(".jp-CodeConsole")
+    expect(console).to_be_visible()
+
+    def console_answers_while_cell_runs(cell: int, n: int, expected: str) -> None:
+        nb.run(cell, wait=False)
+        wait_for_file(tmp_path / f"started-{n}")
+        console.locator(".jp-CodeConsole-promptCell .cm-content").click()
+        nb.page.keyboard.type("x + 1")
+        nb.page.keyboard.press("Shift+Enter")
+        expect(console.locator(".jp-CodeConsole-content .jp-OutputArea-output").last).to_have_text(expected)
+        # the notebook's cell is still running: it waits for the file the test creates next
+        expect(nb.prompt(cell)).to_have_text("[*]:")
+        (tmp_path / f"release-{n}").touch()
+        expect(nb.prompt(cell)).to_have_text(re.compile(r"^\[\d+\]:$"))
+
+    console_answers_while_cell_runs(1, 1, "43")
+    nb.run(2)
+    expect(nb.output(2)).to_contain_text(RESTART_MESSAGE)
+    nb.run(3)
+    console_answers_while_cell_runs(4, 2, "8")
+    expect(nb.dialogs).to_have_count(0)
