@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-import typing as t
 from pathlib import Path
 
 import zmq
@@ -32,49 +31,9 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import kernelspec
 from .inner import InnerKernel, inner_kernel_spec
+from .iopub import IOPubRelay
 from .kernel import ProxyKernel
-from .relay import send_frames
 from .rescue import RescuePolicy
-
-
-class MainLoopIOPub:
-    """The client's iopub socket, sent on from the proxy's main loop.
-
-    ipykernel passes every iopub message to a thread of its own, so that a
-    busy main thread cannot hold back output printed by other threads.  The
-    proxy runs no user code and relays nearly all of its iopub from the main
-    loop, where the handoff only added a thread switch to each message.  Sends
-    from other threads (the control thread's busy and idle) are passed to the
-    main loop instead.  Stands in for ipykernel's ``IOPubThread`` and, as
-    ``background_socket``, for the socket ipykernel sends on.
-    """
-
-    def __init__(self, socket: zmq.Socket, session: Session):
-        self.socket = socket
-        self.session = session
-        self.background_socket = self
-        self.io_loop = IOLoop.current()
-        self._main = threading.get_ident()
-        self._subscriptions = ZMQStream(socket, self.io_loop)
-        self._subscriptions.on_recv(self._on_subscription)
-
-    def _on_subscription(self, frames: list[bytes]) -> None:
-        """Greet each new subscriber with ``iopub_welcome``, as ipykernel 7 does."""
-        for frame in frames:
-            if frame[:1] == b"\x01":
-                topic = frame[1:]
-                self.session.send(
-                    self.socket,
-                    "iopub_welcome",
-                    {"subscription": topic.decode("utf-8", "replace")},
-                    ident=topic or None,
-                )
-
-    def send_multipart(self, frames: list, copy: bool = True, **kwargs: t.Any) -> None:
-        if threading.get_ident() == self._main:
-            send_frames(self.socket, frames, copy)
-        else:
-            self.io_loop.add_callback(send_frames, self.socket, frames, copy)
 
 
 class ProxyKernelApp(Application, ConnectionFileMixin):
@@ -193,7 +152,8 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         for socket in (self.shell_socket, self.stdin_socket, self.control_socket):
             # ipykernel#270: a client that reconnects with the same identity takes over.
             socket.router_handover = 1
-        self.iopub = MainLoopIOPub(self._bound(zmq.XPUB, "iopub"), self.session)
+        self.iopub = IOPubRelay(self._bound(zmq.XPUB, "iopub"), self.session, self.context)
+        self.iopub.start()
         # Its own context, as ipykernel's: the heartbeat must not wait on the GIL.
         self.heartbeat = Heartbeat(
             zmq.Context(),
@@ -275,6 +235,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         if self.control_thread.is_alive():
             self.control_thread.stop()
             self.control_thread.join()
+        self.iopub.stop()
         for socket in (self.shell_socket, self.stdin_socket, self.control_socket, self.iopub.socket):
             socket.close()
         self.context.term()

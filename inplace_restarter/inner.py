@@ -35,7 +35,12 @@ from traitlets import Float, Instance
 from traitlets.config import LoggingConfigurable
 
 from . import kernelspec, launchers
-from .relay import Relay
+from .relay import Pending, Relay
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .iopub import IOPubRelay
 
 
 class _OneSpec(KernelSpecManager):
@@ -109,8 +114,9 @@ def new_manager(spec: KernelSpec, runtime_dir: Path, key: bytes, signature_schem
         transport="tcp",
         ip="127.0.0.1",
         connection_file=str(runtime_dir / f"inner-{uuid.uuid4()}.json"),
-        # One context for all incarnations, as their clients share one: a
-        # context of its own would start and stop an I/O thread per restart.
+        # One context for all incarnations' managers (their clients share
+        # another): a context of its own would start and stop an I/O thread
+        # per restart.
         context=zmq.asyncio.Context.instance(),
         **_ports(),
         **kwargs,
@@ -273,12 +279,20 @@ class InnerKernel(LoggingConfigurable):
     )
 
     def __init__(
-        self, spec: KernelSpec, runtime_dir: Path, proxy, manager: AsyncKernelManager | None = None, **kwargs
+        self,
+        spec: KernelSpec,
+        runtime_dir: Path,
+        session: Session,
+        iopub: IOPubRelay,
+        on_input_request: Callable[[dict, Pending], None],
+        manager: AsyncKernelManager | None = None,
+        **kwargs,
     ):
+        """``session`` is the client's (the kernel signs with its key); ``iopub`` relays the output."""
         super().__init__(**kwargs)
-        self.proxy = proxy
+        self._iopub, self._on_input_request = iopub, on_input_request
         self.manager = manager or new_manager(
-            spec, runtime_dir, proxy.session.key, proxy.session.signature_scheme, parent=self, log=self.log
+            spec, runtime_dir, session.key, session.signature_scheme, parent=self, log=self.log
         )
         InnerKernel.live.add(self)
         #: a launcher is stopped by SIGTERM to it alone, never killed with its process group
@@ -305,13 +319,17 @@ class InnerKernel(LoggingConfigurable):
         self._pgid = getattr(self.manager.provisioner, "pgid", None)
         self._watch(process)
         # Plain sockets, read by callbacks on the proxy's loop (see Relay); the
-        # client's blocking methods are never called.
-        client = BlockingKernelClient(**self.manager.get_connection_info(session=True), parent=self.manager)
+        # client's blocking methods are never called.  Iopub is read by the
+        # iopub relay's thread.  One zmq context for all incarnations: a
+        # context of its own would start and stop an I/O thread per restart.
+        client = BlockingKernelClient(
+            **self.manager.get_connection_info(session=True), parent=self.manager, context=zmq.Context.instance()
+        )
         # The kernel binds its ports only once it has imported itself; zmq
         # retries a refused connection every 0.1 s by default.
         client.context.setsockopt(zmq.RECONNECT_IVL, 10)
-        client.start_channels(hb=False)
-        self.relay = Relay(client, self.proxy, self.exited, self.log)
+        client.start_channels(iopub=False, hb=False)
+        self.relay = Relay(client, self.exited, self.log, self._iopub, self._on_input_request)
         reply = await self.relay.wait_ready(self.startup_timeout)
         self.kernel_info, self.session_id = reply["content"], reply["header"].get("session", "")
 

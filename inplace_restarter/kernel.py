@@ -28,7 +28,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 from . import __version__
 from .inner import InnerKernel, private_runtime_dir
 from .provisioner import ENV_NAME, REPLY_KEY
-from .relay import InnerKernelDied
+from .relay import InnerKernelDied, Pending
 from .rescue import Rescuer, RescuePolicy
 
 RESTART_HELP = """\
@@ -169,7 +169,16 @@ class ProxyKernel(Kernel):
         another socket can take one in between; the kernel then exits.
         """
         for attempt in range(1, attempts + 1):
-            inner = InnerKernel(self.inner_spec, self._runtime_dir, self, manager=manager, parent=self, log=self.log)
+            inner = InnerKernel(
+                self.inner_spec,
+                self._runtime_dir,
+                self.session,
+                self.iopub_thread,
+                self._send_input_request,
+                manager=manager,
+                parent=self,
+                log=self.log,
+            )
             manager = None
             try:
                 await inner.start()
@@ -504,6 +513,10 @@ class ProxyKernel(Kernel):
 
     def post_handler_hook(self) -> None:
         pass
+
+    def _send_input_request(self, msg: dict, pending: Pending) -> None:
+        """The inner kernel's input_request, to the client that sent the request asking for input."""
+        self.session.send(self.stdin_socket, "input_request", msg["content"], parent=pending.parent, ident=pending.ident)
 
     def _on_stdin(self, frames: list) -> None:
         """The client's input_reply, for the inner kernel's pending input_request."""

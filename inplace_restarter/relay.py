@@ -3,10 +3,10 @@
 Requests are forwarded with the client's own header, so the inner kernel's
 replies and iopub output already carry the client's request as parent.  The
 inner kernel signs with the client's key, and the proxy takes on its session
-id, so iopub output goes to the client frame for frame as the kernel sent it.
-Content is never decoded on the way out, except for the few messages whose
-meaning the proxy needs (status, and comm_open/comm_close to know which comms
-to close on restart).
+id, so iopub output goes to the client frame for frame as the kernel sent it,
+from the iopub relay's thread (see iopub).  Content is never decoded on the
+way out, except for the few messages whose meaning the proxy needs (status,
+and comm_open/comm_close to know which comms to close on restart).
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ import json
 import logging
 import signal
 import typing as t
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from hmac import compare_digest
 
-import zmq
-from jupyter_client.session import DELIM, Session
+from jupyter_client.session import Session
 from zmq.eventloop.zmqstream import ZMQStream
+
+from .frames import decoded, delimiter, send_frames, unpacked, verified
 
 if t.TYPE_CHECKING:
     from jupyter_client.blocking import BlockingKernelClient
 
-    from .kernel import ProxyKernel
+    from .iopub import IOPubRelay
 
 #: iopub messages that belong to the inner kernel's own life, not to a request.
 NOT_RELAYED = frozenset({"status", "iopub_welcome", "shutdown_reply"})
@@ -56,59 +57,6 @@ def describe_exit(returncode: int | None) -> str:
     return f"The kernel exited with code {returncode}"
 
 
-_SNDMORE = int(zmq.SNDMORE)
-
-
-def send_frames(socket: zmq.Socket, frames: list, copy: bool = True) -> None:
-    """``socket.send_multipart``, without its enum arithmetic on every frame.
-
-    pyzmq computes ``zmq.SNDMORE | flags`` per frame, which builds an IntFlag
-    member each time: a tenth of the proxy's CPU on the relay path.
-    """
-    for frame in frames[:-1]:
-        socket.send(frame, _SNDMORE, copy=copy)
-    socket.send(frames[-1], 0, copy=copy)
-
-
-def delimiter(frames: list) -> int:
-    """The index of the frame that ends the identities (or topic) of a raw message."""
-    return next(i for i, frame in enumerate(frames) if frame.bytes == DELIM)
-
-
-def verified(session: Session, frames: list) -> tuple[list[bytes], str, list, list]:
-    """Split a raw message (of zmq Frames) and check its signature.
-
-    Returns the identities (or topic), the message type, [header, parent,
-    metadata, content] (content as the received frame) and the buffers.
-    """
-    delim = delimiter(frames)
-    idents = [frame.bytes for frame in frames[:delim]]
-    signature = frames[delim + 1].bytes
-    header, parent, metadata = (frame.bytes for frame in frames[delim + 2 : delim + 5])
-    content = frames[delim + 5]
-    parts = [header, parent, metadata, content.buffer]
-    if session.auth is not None and not compare_digest(signature, session.sign(parts)):
-        raise ValueError("invalid signature")
-    parts[3] = content
-    return idents, json.loads(header)["msg_type"], parts, frames[delim + 6 :]
-
-
-def decoded(session: Session, frames: list) -> tuple[list[bytes], dict]:
-    """The identities and the verified message as a dict, its dates left as the strings they came as.
-
-    Unlike ``Session.deserialize`` this does not record the signature
-    against replays, so the same message can be read again by ipykernel.
-    """
-    idents, _, parts, buffers = verified(session, frames)
-    return idents, unpacked(parts, buffers)
-
-
-def unpacked(parts: list, buffers: list) -> dict:
-    """The message of ``verified``'s parts and buffers, as a dict."""
-    header, parent, metadata, content = (json.loads(part if isinstance(part, bytes) else part.bytes) for part in parts)
-    return {"header": header, "parent_header": parent, "metadata": metadata, "content": content, "buffers": buffers}
-
-
 @dataclass
 class Pending:
     """A forwarded request, until its reply and its idle status are back."""
@@ -135,29 +83,35 @@ class Relay:
     def __init__(
         self,
         client: BlockingKernelClient,
-        proxy: ProxyKernel,
         exited: asyncio.Future,
         log: logging.Logger,
+        iopub: IOPubRelay,
+        on_input_request: Callable[[dict, Pending], None],
     ):
         self.client = client
         self.session: Session = client.session
-        self.proxy = proxy
         self.exited = exited
         self.log = log
         self.pending: dict[str, Pending] = {}
         #: comm_id -> target_name of the comms open in this inner kernel
         self.comms: dict[str, str] = {}
         self._input_request: dict | None = None
+        self._on_input_request = on_input_request
         #: msg_id -> the client's header, of requests forwarded under another subshell id
         self._renamed: dict[str, dict] = {}
         self._subscribed = asyncio.Event()
         self._closed = False
+        self._loop = asyncio.get_running_loop()
         exited.add_done_callback(self._abandon)
-        # Callbacks on the event loop, not awaited receives: a future per
-        # message was a sixth of the proxy's CPU on the relay path.
+        info = client.get_connection_info()
+        #: where the inner kernel publishes; the iopub relay's thread reads it (see take)
+        self.url = f"{info['transport']}://{info['ip']}:{info['iopub_port']}"
+        self._iopub = iopub
+        self._seen_iopub = False
+        # Replies are read by callbacks on the event loop, not awaited
+        # receives: a future per message was a sixth of the proxy's CPU.
         self._streams = []
         for channel, handler in (
-            (client.iopub_channel, self._on_iopub),
             (client.shell_channel, self._on_reply),
             (client.control_channel, self._on_reply),
             (client.stdin_channel, self._on_stdin),
@@ -165,6 +119,7 @@ class Relay:
             stream = ZMQStream(channel.socket)
             stream.on_recv(handler, copy=False)
             self._streams.append(stream)
+        iopub.watch(self)
 
     # -- requests -------------------------------------------------------------
 
@@ -203,7 +158,7 @@ class Relay:
         )
         socket = getattr(self.client, f"{channel}_channel").socket
         send_frames(socket, [*self.session.serialize(msg), *(parent.get("buffers") or ())], copy=False)
-        if self.proxy.log.isEnabledFor(logging.DEBUG):
+        if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("-> inner %s %s", channel, header["msg_type"])
         return pending
 
@@ -223,14 +178,17 @@ class Relay:
         :meth:`settle` once it has answered the client.
         """
         msg_id = parent["header"]["msg_id"]
-        # A request the proxy forwarded as it arrived is pending already.
+        # A request forwarded with send() before is pending already.
         pending = self.pending.get(msg_id) or self.send(parent, ident, channel, **options)
         try:
             await self._until(pending.reply)
         except BaseException:
             self.pending.pop(msg_id, None)
             raise
-        if wait_idle:
+        if pending.relay_status:
+            if pending.idle.done():
+                self.pending.pop(msg_id, None)
+        elif wait_idle:
             await self.settle(msg_id)
         return pending.reply.result()
 
@@ -318,27 +276,59 @@ class Relay:
         if pending is not None and not pending.reply.done():
             pending.reply.set_result(msg)
 
-    def _on_iopub(self, frames: list) -> None:
-        """Relay iopub frames to the client as they came, signature and all.
+    # -- in the iopub relay's thread ---------------------------------------------
 
-        The inner kernel signs with the client's key, and the proxy speaks
-        with the inner kernel's session id, so output needs no re-signing:
-        the client checks it as it would the kernel's own.  Output is the bulk
-        of what a kernel sends; the proxy reads only its header, and checks
-        the signature only of what it acts on (status, comm_open/comm_close).
+    def take(self, frames: list) -> list | None:
+        """The frames to send on to the client, or None; what the proxy must know goes to its loop.
+
+        Runs in the iopub relay's thread, for every message the inner kernel
+        publishes.  Output is relayed frame for frame as the kernel signed it:
+        only the header is read, and the signature checked only of what the
+        proxy acts on (status, comm_open/comm_close).
         """
         try:
-            msg_type = self._take_iopub(frames)
+            msg_type = self._take(frames)
         except Exception:
             self.log.warning("Dropped a malformed iopub message from the inner kernel", exc_info=True)
-            return
+            return None
         if msg_type is None:
-            return
-        if self.proxy.log.isEnabledFor(logging.DEBUG):
+            return None
+        if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("<- inner iopub %s", msg_type)
         if self._renamed:
-            frames = self._restore_parent(frames)
-        self.proxy.iopub_socket.send_multipart(frames, copy=False)
+            return self._restore_parent(frames)
+        return frames
+
+    def _take(self, frames: list) -> str | None:
+        delim = delimiter(frames)
+        msg_type = json.loads(frames[delim + 2].bytes)["msg_type"]
+        if not self._seen_iopub:
+            self._seen_iopub = True
+            self._loop.call_soon_threadsafe(self._subscribed.set)
+        if msg_type in NOT_RELAYED:
+            _, _, parts, _ = verified(self.session, frames)
+            if msg_type != "status":
+                return None
+            parent_id = json.loads(parts[1]).get("msg_id")
+            pending = self.pending.get(parent_id)
+            if pending is None:
+                return None
+            idle = json.loads(parts[3].bytes).get("execution_state") == "idle"
+            if idle:
+                self._loop.call_soon_threadsafe(self._idle_seen, parent_id, pending)
+            if not pending.relay_status:
+                return None
+            if not idle:
+                pending.busy_relayed = True
+            return msg_type
+        if msg_type in SKIPPABLE:
+            pending = self.pending.get(json.loads(frames[delim + 3].bytes).get("msg_id"))
+            if pending is not None and pending.skip_execute_input:
+                return None
+        elif msg_type in TRACKED:
+            _, _, parts, _ = verified(self.session, frames)
+            self._loop.call_soon_threadsafe(self._track_comm, msg_type, json.loads(parts[3].bytes))
+        return msg_type
 
     def _restore_parent(self, frames: list) -> list:
         """The client's own request as parent of what a request forwarded under another subshell id caused."""
@@ -350,41 +340,20 @@ class Relay:
         msg = unpacked(parts, buffers)
         msg["parent_header"] = header
         if msg["header"]["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
-            del self._renamed[header["msg_id"]]
+            self._renamed.pop(header["msg_id"], None)
         return [*self.session.serialize(msg, ident=idents), *buffers]
 
-    def _take_iopub(self, frames: list) -> str | None:
-        """Note what the proxy needs of an iopub message; its type if it goes to the client, else None."""
-        delim = delimiter(frames)
-        msg_type = json.loads(frames[delim + 2].bytes)["msg_type"]
-        self._subscribed.set()
-        if msg_type in NOT_RELAYED:
-            _, _, parts, _ = verified(self.session, frames)
-            if msg_type != "status":
-                return None
-            parent_id = json.loads(parts[1]).get("msg_id")
-            pending = self.pending.get(parent_id)
-            idle = json.loads(parts[3].bytes).get("execution_state") == "idle"
-            if pending is not None and pending.relay_status:
-                if not idle:
-                    pending.busy_relayed = True
-                elif pending.has_reply:
-                    if not pending.idle.done():
-                        pending.idle.set_result(None)
-                else:
-                    del self.pending[parent_id]
-                return msg_type
-            if idle and pending is not None and not pending.idle.done():
-                pending.idle.set_result(None)
-            return None
-        if msg_type in SKIPPABLE:
-            pending = self.pending.get(json.loads(frames[delim + 3].bytes).get("msg_id"))
-            if pending is not None and pending.skip_execute_input:
-                return None
-        elif msg_type in TRACKED:
-            _, _, parts, _ = verified(self.session, frames)
-            self._track_comm(msg_type, json.loads(parts[3].bytes))
-        return msg_type
+    # -- on the event loop --------------------------------------------------------
+
+    def _idle_seen(self, msg_id: str, pending: Pending) -> None:
+        """All the output of request ``msg_id`` has gone to the client."""
+        if not pending.idle.done():
+            pending.idle.set_result(None)
+        # A request whose status is the inner kernel's needs no settle: it
+        # ends here, or at its reply if that comes later (comm messages have none).
+        if pending.relay_status and (pending.reply.done() or not pending.has_reply):
+            if self.pending.get(msg_id) is pending:
+                del self.pending[msg_id]
 
     async def create_subshell(self, timeout: float = 10) -> str:
         """Create a subshell in the inner kernel; its id."""
@@ -404,9 +373,7 @@ class Relay:
             self.log.warning("Dropped an unexpected %s on stdin", msg["header"]["msg_type"])
             return
         self._input_request = msg
-        self.proxy.session.send(
-            self.proxy.stdin_socket, "input_request", msg["content"], parent=pending.parent, ident=pending.ident
-        )
+        self._on_input_request(msg, pending)
 
     def input_reply(self, msg: dict) -> None:
         """Pass the client's input_reply to the inner kernel's pending input_request."""
@@ -434,6 +401,7 @@ class Relay:
             self._track_comm(msg_type, msg["content"])
 
     def close(self) -> None:
+        self._iopub.unwatch(self)
         for stream in self._streams:
             # Unregisters the socket from the loop before closing it, so its
             # file descriptor can serve a later incarnation's socket.
