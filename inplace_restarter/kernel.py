@@ -48,6 +48,11 @@ spare at once; --cold starts a new kernel instead, e.g. after a pip install.
 SUBSHELLS = "kernel subshells"
 FORWARDED_FEATURES = ("debugger", SUBSHELLS)
 COMM_MSG_TYPES = ("comm_open", "comm_msg", "comm_close")
+#: shell requests the inner kernel answers alone, its own busy and idle included
+STATUS_RELAYED = frozenset(
+    {"execute_request", "complete_request", "inspect_request", "is_complete_request", "history_request",
+     "comm_info_request", *COMM_MSG_TYPES}
+)
 
 
 @dataclass
@@ -122,12 +127,17 @@ class ProxyKernel(Kernel):
         self._received = 0
         self._sequence: dict[int, int] = {}
         self._abort_through = 0
+        #: cells that failed so far (with stop_on_error)
+        self._failures = 0
         #: old kernels shutting down in the background after a swap to the spare
         self._retiring: set[asyncio.Task] = set()
         #: a restart in place asked for by Jupyter's own restart (see shutdown_request)
         self._restarting: asyncio.Task | None = None
         #: shell messages received and not yet handled
         self._queued = 0
+        #: shell requests whose busy and idle are the inner kernel's, and whether
+        #: each has been forwarded yet (see _publish_status)
+        self._status_relayed: dict[str, bool] = {}
         #: the client's subshell ids -> the current inner kernel's (see _carry_subshells)
         self.subshells: dict[str, str] = {}
         atexit.register(self.cleanup)
@@ -289,16 +299,29 @@ class ProxyKernel(Kernel):
         self._reply_metadata.set(reply["metadata"])
         return reply["content"]
 
-    async def _request(self, parent: dict, ident: list, channel: str, **options: t.Any) -> dict:
+    async def _request(
+        self, parent: dict, ident: list, channel: str, wait_idle: bool = True, **options: t.Any
+    ) -> dict:
+        """Forward ``parent`` to the inner kernel; its reply message, or an error reply of the proxy's.
+
+        ``wait_idle`` waits for the request's output to be relayed, before the
+        proxy's own idle; ``options`` go to Relay.send.
+        """
         await self.ready.wait()
+        relayed = parent["header"]["msg_id"] in self._status_relayed
         if self.inner is None or self.inner.relay is None:
+            self._take_status_back(parent, busy_relayed=False)
             return self._error_reply(
                 parent, "DeadKernelError", "The kernel is not running; run %restart to start it"
             )
         inner = self.inner
+        if relayed:
+            self._status_relayed[parent["header"]["msg_id"]] = True
+        pending = inner.relay.send(parent, ident, channel, relay_status=relayed, **options)
         try:
-            return await inner.relay.request(parent, ident, channel, **options)
+            return await inner.relay.request(parent, ident, channel, wait_idle=wait_idle and not relayed)
         except InnerKernelDied as died:
+            self._take_status_back(parent, pending.busy_relayed)
             cell = parent if parent["header"]["msg_type"] == "execute_request" else None
             reason = await self.rescuer.after_death(inner, str(died), cell)
             return self._error_reply(parent, "DeadKernelError", reason)
@@ -312,11 +335,60 @@ class ProxyKernel(Kernel):
         reply_type = parent["header"]["msg_type"].replace("_request", "_reply")
         return {"header": {"msg_type": reply_type}, "content": content, "metadata": {}}
 
+    # -- status: the inner kernel's own, for what it answers ----------------------
+
+    def _publish_status(self, status: str, channel: str, parent: dict | None = None) -> None:
+        """Leave the busy and idle of a request the inner kernel answers to the inner kernel.
+
+        Its own status reaches the client from the iopub relay's thread in
+        order with the output it frames, so the proxy neither publishes one
+        nor waits for the kernel's idle before taking the next request.
+        """
+        if channel == "shell" and status in ("busy", "idle"):
+            parent = parent or self.get_parent(channel)
+            msg_id = parent["header"]["msg_id"]
+            if status == "busy" and self._inner_answers(parent):
+                self._status_relayed[msg_id] = False
+                return
+            if status == "idle" and msg_id in self._status_relayed:
+                if self._status_relayed.pop(msg_id):
+                    return
+                # Refused before it reached the inner kernel (a malformed
+                # request): the client still gets the busy and idle it would.
+                super()._publish_status("busy", channel, parent)
+        super()._publish_status(status, channel, parent)
+
+    def _inner_answers(self, parent: dict) -> bool:
+        """Whether the inner kernel alone answers shell request ``parent``, status and all."""
+        msg_type = parent["header"]["msg_type"]
+        if msg_type not in STATUS_RELAYED or self._aborting or not self.ready.is_set() or self.inner is None:
+            return False
+        if msg_type != "execute_request":
+            return True
+        content = parent["content"]
+        code = content.get("code") if isinstance(content, dict) else None
+        return isinstance(code, str) and parse_restart(code) is None and not self.rescuer.has_notice
+
+    def _take_status_back(self, parent: dict, busy_relayed: bool) -> None:
+        """The inner kernel will not end request ``parent`` (it died): the proxy's idle will."""
+        msg_id = parent["header"]["msg_id"]
+        if self._status_relayed.pop(msg_id, None) is not None and not busy_relayed:
+            super()._publish_status("busy", "shell", parent)
+
     # -- requests -------------------------------------------------------------
 
     async def execute_request(self, stream, ident, parent) -> None:
-        """Reply as soon as the inner kernel has; go idle once its output is all relayed."""
+        """Reply as soon as the inner kernel has; take the next request once its output is out.
+
+        The output of a request whose status is the inner kernel's needs no
+        wait, except after a failed cell: the inner kernel aborts what
+        reaches it until its idle, and the proxy has aborted the requests
+        sent before the failure itself, so the next one waits for that idle.
+        """
+        failures = self._failures
         await super().execute_request(stream, ident, parent)
+        if parent["header"]["msg_id"] in self._status_relayed and self._failures == failures:
+            return
         # A request still pending is the current relay's; after a restart it is gone.
         if self.inner is not None and self.inner.relay is not None:
             try:
@@ -384,23 +456,28 @@ class ProxyKernel(Kernel):
         )
 
     async def comm_open(self, stream, ident, parent) -> None:
-        """Comm messages have no reply; wait only for the inner kernel's idle.
+        """Comm messages have no reply: forward them, and let the inner kernel's idle end them.
 
-        While a cell runs they are forwarded alongside it, without a status
-        of the proxy's: the inner kernel's own busy and idle for them are
-        relayed instead, so the client sees what the kernel does (a status
-        once a blocking cell ends, none beside a cell that awaits).
+        While a cell runs they are forwarded alongside it, as ipykernel's base
+        dispatches them; either way the client gets the inner kernel's own
+        busy and idle for them (a status once a blocking cell ends, none beside
+        a cell that awaits), and the proxy takes the next message at once.
         """
         await self.ready.wait()
         relay = self.inner.relay if self.inner is not None else None
+        msg_id = parent["header"]["msg_id"]
         if relay is None:
+            self._take_status_back(parent, busy_relayed=False)
             self._refuse_comm(parent)
             return
         relay.track_client_comm(parent)
-        pending = relay.send(parent, ident, relay_status=self.running_cell is not None)
-        if not pending.relay_status:
+        relay_status = msg_id in self._status_relayed or self.running_cell is not None
+        if msg_id in self._status_relayed:
+            self._status_relayed[msg_id] = True
+        relay.send(parent, ident, relay_status=relay_status)
+        if not relay_status:
             try:
-                await relay.settle(parent["header"]["msg_id"])
+                await relay.settle(msg_id)
             except InnerKernelDied:
                 pass
 
@@ -507,6 +584,7 @@ class ProxyKernel(Kernel):
 
     def _abort_queues(self, subshell_id: str | None = None) -> None:
         self._abort_through = self._received
+        self._failures += 1
 
     def pre_handler_hook(self) -> None:
         """SIGINT is the inner kernel's business: the proxy's handler forwards it."""

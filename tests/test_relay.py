@@ -79,7 +79,7 @@ def test_output_carries_the_clients_own_request_as_parent(proxy):
 def messages_of(kc, code: str) -> list[dict]:
     """The reply and every iopub message of one cell, as the client received them."""
     msg_id = kc.execute(code)
-    seen = [kc.get_shell_msg(timeout=10)]
+    seen = [reply_to(kc, msg_id)]
     while True:
         msg = kc.get_iopub_msg(timeout=10)
         if msg["parent_header"].get("msg_id") != msg_id:
