@@ -1,7 +1,7 @@
 """Side-by-side benchmark: the same kernel used directly and through the proxy.
 
-    python bench/run.py            # the full run (about 10-15 minutes on 2 cores)
-    python bench/run.py --quick    # a smoke run (about 2 minutes)
+    python bench/run.py            # the full run: 3-6 minutes on 2 cores
+    python bench/run.py --quick    # a smoke run: about a minute
 
 Everything runs in ONE process, with both kernels measured interleaved
 (alternating which goes first), because on a small noisy machine only kernels
