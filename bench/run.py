@@ -1,7 +1,7 @@
 """Side-by-side benchmark: the same kernel used directly and through the proxy.
 
-    python bench/run.py            # the full run (about 10-15 minutes on 2 cores)
-    python bench/run.py --quick    # a smoke run (about 2 minutes)
+    python bench/run.py            # the full run: 3-6 minutes on 2 cores
+    python bench/run.py --quick    # a smoke run: about a minute
 
 Everything runs in ONE process, with both kernels measured interleaved
 (alternating which goes first), because on a small noisy machine only kernels
@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,15 +103,52 @@ class Lean:
         _, frames = self.session.feed_identities(frames, copy=False)
         return self.session.deserialize(frames, content=content, copy=False)
 
+    def drain_iopub(self, handle) -> None:
+        """Hand every iopub message already received to ``handle`` (content left packed)."""
+        while True:
+            try:
+                frames = self.iopub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            _, frames = self.session.feed_identities(frames, copy=False)
+            handle(self.session.deserialize(frames, content=False, copy=False))
+
+    def pump(self, handle, done, timeout: float, what: str) -> None:
+        """Read iopub into ``handle`` until ``done()``; TimeoutError naming ``what`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {what} within {timeout} s")
+            if self.iopub.poll(left * 1000):
+                self.drain_iopub(handle)
+
+    def send(self, msg_type: str, content: dict, buffers=None) -> str:
+        """Send on shell without waiting for anything; the message id."""
+        return self.session.send(self.shell, msg_type, content, buffers=buffers)["header"]["msg_id"]
+
     def request(self, msg_type: str, content: dict, timeout: float = 120, wait_idle: bool = True, count=None) -> dict:
         """Send; return the reply once it and (with wait_idle) the idle status are in.
 
         ``count``: a list whose first item grows by the bytes of stdout received.
         """
-        msg = self.session.send(self.shell, msg_type, content)
-        msg_id = msg["header"]["msg_id"]
+        msg_id = self.send(msg_type, content)
         reply = None
         idle = not wait_idle
+
+        def handle(m):
+            nonlocal idle
+            if m["parent_header"].get("msg_id") != msg_id:
+                return
+            t = m["header"]["msg_type"]
+            if t == "status":
+                if self.session.unpack(m["content"])["execution_state"] == "idle":
+                    idle = True
+            elif t == "stream" and count is not None:
+                c = self.session.unpack(m["content"])
+                if c["name"] == "stdout":
+                    count[0] += len(c["text"].encode())
+
         deadline = time.monotonic() + timeout
         while reply is None or not idle:
             left = deadline - time.monotonic()
@@ -122,23 +160,7 @@ class Lean:
                 if m["parent_header"].get("msg_id") == msg_id:
                     reply = m
             if self.iopub in events:
-                while True:
-                    try:
-                        frames = self.iopub.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    _, frames = self.session.feed_identities(frames, copy=False)
-                    m = self.session.deserialize(frames, content=False, copy=False)
-                    if m["parent_header"].get("msg_id") != msg_id:
-                        continue
-                    t = m["header"]["msg_type"]
-                    if t == "status":
-                        if self.session.unpack(m["content"])["execution_state"] == "idle":
-                            idle = True
-                    elif t == "stream" and count is not None:
-                        c = self.session.unpack(m["content"])
-                        if c["name"] == "stdout":
-                            count[0] += len(c["text"].encode())
+                self.drain_iopub(handle)
         return reply
 
     def execute(self, code: str, **kwargs) -> dict:
@@ -321,6 +343,130 @@ def bench_throughput(direct: Running, proxied: Running, total_mb: int, reps: int
     return out
 
 
+#: the comm target the comm measures open in each kernel: it echoes every message, buffers and all
+ECHO_TARGET = "inplace_restarter_bench_echo"
+ECHO_CELL = f"""\
+def _bench_echo(comm, _open_msg):
+    comm.on_msg(lambda msg: comm.send(msg["content"]["data"], buffers=msg["buffers"]))
+get_ipython().kernel.comm_manager.register_target({ECHO_TARGET!r}, _bench_echo)
+"""
+
+
+class Echo:
+    """A comm open to the echo target of one kernel, and the echoes come back on it."""
+
+    def __init__(self, k: Running):
+        self.client = k.client
+        self.comm_id = uuid.uuid4().hex
+        #: (data["seq"], buffers) of every echo since the last clear()
+        self.echoes: list = []
+        self.waiting: str | None = None
+        self.idle = False
+        k.client.execute(ECHO_CELL)
+        self.expect(self.client.send("comm_open", {"comm_id": self.comm_id, "target_name": ECHO_TARGET, "data": {}}))
+        self.await_idle()
+
+    def expect(self, msg_id: str) -> None:
+        """Watch for the idle status of ``msg_id`` (forgetting any earlier one)."""
+        self.waiting, self.idle = msg_id, False
+
+    def handle(self, m: dict) -> None:
+        t = m["header"]["msg_type"]
+        if t == "comm_msg":
+            c = self.client.session.unpack(m["content"])
+            if c["comm_id"] == self.comm_id:
+                self.echoes.append((c["data"]["seq"], m["buffers"]))
+        elif t == "status" and m["parent_header"].get("msg_id") == self.waiting:
+            self.idle = self.client.session.unpack(m["content"])["execution_state"] == "idle"
+
+    def await_idle(self, timeout: float = 60) -> None:
+        self.client.pump(self.handle, lambda: self.idle, timeout, f"idle status for {self.waiting}")
+
+    def send(self, seq: int, buffers=None) -> None:
+        self.expect(self.client.send("comm_msg", {"comm_id": self.comm_id, "data": {"seq": seq}}, buffers=buffers))
+
+    def close(self) -> None:
+        self.expect(self.client.send("comm_close", {"comm_id": self.comm_id, "data": {}}))
+        self.await_idle()
+
+
+def comm_seconds(echo: Echo, n: int, pipelined: bool) -> float:
+    """Seconds from the first of ``n`` comm_msgs sent to the last echo back; every echo checked, in order.
+
+    ``pipelined``: all sent at once, iopub read between sends, as a frontend's
+    event loop would; else each after the previous one's idle status, as
+    ipywidgets' throttle sends a dragged slider's values (one message in flight).
+    """
+    echo.echoes.clear()
+    t0 = time.perf_counter()
+    for seq in range(n):
+        echo.send(seq)
+        if pipelined:
+            echo.client.drain_iopub(echo.handle)
+        else:
+            echo.await_idle()
+    echo.client.pump(echo.handle, lambda: len(echo.echoes) >= n, 120, f"echo of all {n} comm messages (got {len(echo.echoes)})")
+    dt = time.perf_counter() - t0
+    echo.await_idle()  # the last message's idle: nothing of this run left for the next
+    if [seq for seq, _ in echo.echoes] != list(range(n)):
+        raise RuntimeError(f"comm echoes lost, doubled or out of order: {len(echo.echoes)} echoes for {n} messages")
+    return dt
+
+
+COMM_MODES = {"one in flight": False, "pipelined": True}
+
+
+def bench_comms(direct: Running, proxied: Running, n: int, reps: int, log) -> dict:
+    """Client->kernel comm messages per second, both ways of sending them, interleaved."""
+    echoes = {k.name: Echo(k) for k in (direct, proxied)}
+    for echo in echoes.values():  # warm both
+        for pipelined in COMM_MODES.values():
+            comm_seconds(echo, 100, pipelined)
+    res = {mode: {"direct": [], "proxied": []} for mode in COMM_MODES}
+    for rep in range(reps):
+        for mode, pipelined in COMM_MODES.items():
+            for k in pairs(rep, direct, proxied):
+                rate = n / comm_seconds(echoes[k.name], n, pipelined)
+                res[mode][k.name].append(rate)
+                log(f"comms {mode} {k.name}: {rate:.0f} messages/s")
+    for echo in echoes.values():
+        echo.close()
+    out: dict = {"n": n}
+    for mode, by_kernel in res.items():
+        out[mode] = {name: {"rate": median(v), "all": v} for name, v in by_kernel.items()}
+        out[mode]["ratio"] = out[mode]["proxied"]["rate"] / out[mode]["direct"]["rate"]
+    return out
+
+
+def bench_buffer(direct: Running, proxied: Running, mbytes: int, reps: int, log) -> dict:
+    """A comm_msg with one ``mbytes`` MB binary buffer, echoed back with it: seconds until the echo is in."""
+    payload = os.urandom(mbytes * MiB)  # random: bytes relayed out of place would not compare equal
+    echoes = {k.name: Echo(k) for k in (direct, proxied)}
+    res = {"direct": [], "proxied": []}
+    for rep in range(-1, reps):  # rep -1 warms both
+        for k in pairs(rep, direct, proxied):
+            echo = echoes[k.name]
+            echo.echoes.clear()
+            t0 = time.perf_counter()
+            echo.send(rep, buffers=[payload])
+            echo.client.pump(echo.handle, lambda: echo.echoes, 120, f"echo of the {mbytes} MB buffer")
+            dt = time.perf_counter() - t0
+            [(seq, buffers)] = echo.echoes
+            if seq != rep or len(buffers) != 1 or bytes(buffers[0]) != payload:
+                raise RuntimeError(f"the {mbytes} MB buffer came back altered from {k.name}")
+            echo.echoes.clear()
+            echo.await_idle()
+            if rep >= 0:
+                res[k.name].append(dt)
+                log(f"buffer {k.name}: {dt:.3f} s for {mbytes} MB each way")
+    for echo in echoes.values():
+        echo.close()
+    out = {n: {"seconds": median(v), "all": v} for n, v in res.items()}
+    out["ratio"] = out["direct"]["seconds"] / out["proxied"]["seconds"]  # speed, as for throughput
+    out["mb"] = mbytes
+    return out
+
+
 def cold_start(name: str) -> float:
     """Launch kernel ``name``, time it to its first execute reply, shut it down."""
     from jupyter_client.manager import KernelManager
@@ -497,18 +643,39 @@ def table(r: dict, m: dict, args) -> str:
     if "roundtrip" in r:
         rt = r["roundtrip"]
         n = rt["direct"]["n"]
-        row(f"round trip, empty cell, median (n={n} each)", ms(rt["direct"]["median"]), ms(rt["proxied"]["median"]), f"{rt['ratio_median']:.2f}x", "<= 1.15x")
+        row(f"round trip, empty cell, median (n={n} each)", ms(rt["direct"]["median"]), ms(rt["proxied"]["median"]), f"{rt['ratio_median']:.2f}x", "<= 1.10x")
         row("round trip, empty cell, p95", ms(rt["direct"]["p95"]), ms(rt["proxied"]["p95"]), f"{rt['ratio_p95']:.2f}x", "")
         br = sorted(rt["batch_ratios"])
         row(f"round trip, per-batch median ratio ({len(br)} batches)", "", "", f"{median(br):.2f}x ({br[0]:.2f}..{br[-1]:.2f})", "")
     if "throughput" in r:
         tp = r["throughput"]
         mbytes = tp["bytes"] / MiB
-        row(f"output throughput, {mbytes:g} MB in 1 KiB lines", f"{tp['direct']['mbps']:.1f} MB/s", f"{tp['proxied']['mbps']:.1f} MB/s", f"{tp['ratio']:.2f}x", ">= 0.9x")
+        row(f"output throughput, {mbytes:g} MB in 1 KiB lines", f"{tp['direct']['mbps']:.1f} MB/s", f"{tp['proxied']['mbps']:.1f} MB/s", f"{tp['ratio']:.2f}x", ">= 0.95x")
         row("output bytes lost (all reps)", str(tp["lost"]["direct"]), str(tp["lost"]["proxied"]), "", "0")
         ra = tp.get("rss_after")
         if ra:
             row("RSS after the output cells: direct kernel / proxy (inner kernel)", mb(ra["direct"]), f"{mb(ra['proxy'])} ({mb(ra['inner'])})", "", "")
+    if "comms" in r:
+        co = r["comms"]
+        for mode in COMM_MODES:
+            c = co[mode]
+            row(
+                f"comm messages/s client->kernel, {co['n']} echoed, {mode}",
+                f"{c['direct']['rate']:.0f}/s",
+                f"{c['proxied']['rate']:.0f}/s",
+                f"{c['ratio']:.2f}x",
+                ">= 0.9x",
+            )
+    if "buffer" in r:
+        bu = r["buffer"]
+        n = len(bu["direct"]["all"])
+        row(
+            f"comm buffer, {bu['mb']} MB each way, until the echo is in (n={n}; ratio of speeds)",
+            s(bu["direct"]["seconds"]),
+            s(bu["proxied"]["seconds"]),
+            f"{bu['ratio']:.2f}x",
+            ">= 0.9x",
+        )
     if "startup" in r:
         st = r["startup"]
         row(f"startup, launch to first execute reply (n={len(st['direct']['all'])})", s(st["direct"]["median"]), s(st["proxied"]["median"]), f"{st['ratio']:.2f}x", "<= 1.3x")
@@ -547,14 +714,21 @@ def table(r: dict, m: dict, args) -> str:
 # -- main ------------------------------------------------------------------------------------------
 
 
+MEASURES = ("roundtrip", "throughput", "comms", "buffer", "startup", "restart", "memory", "endurance")
+
+
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions and 10 MB of output: a smoke run")
-    p.add_argument("--only", default="", help="comma-separated subset: roundtrip,throughput,startup,restart,memory,endurance")
+    p.add_argument("--only", default="", help=f"comma-separated subset: {','.join(MEASURES)}")
     p.add_argument("--batches", type=int, help="round trip: interleaved batches (default 20, quick 6)")
     p.add_argument("--per-batch", type=int, help="round trip: executes per batch (default 200, quick 100)")
     p.add_argument("--mb", type=int, help="throughput: MB printed (default 100, quick 10)")
     p.add_argument("--tp-reps", type=int, help="throughput: repetitions (default 3, quick 1)")
+    p.add_argument("--comm-msgs", type=int, help="comms: comm_msgs echoed per measurement (default 2000, quick 500)")
+    p.add_argument("--comm-reps", type=int, help="comms: repetitions of each way of sending (default 3, quick 1)")
+    p.add_argument("--buffer-mb", type=int, help="buffer: MB of the comm buffer sent and echoed (default 50)")
+    p.add_argument("--buffer-reps", type=int, help="buffer: repetitions (default 10, quick 3)")
     p.add_argument("--startups", type=int, help="startup: repetitions (default 8, quick 3)")
     p.add_argument("--restarts", type=int, help="restart: repetitions (default 8, quick 3)")
     p.add_argument("--endurance", type=int, help="endurance: %%restarts in a row (default 200, quick 20)")
@@ -564,11 +738,13 @@ def parse(argv=None):
     p.add_argument("--hold", action="store_true", help="print the kernels' pids and wait for Enter before measuring (for profilers)")
     a = p.parse_args(argv)
     q = a.quick
-    defaults = dict(batches=(6, 20), per_batch=(100, 200), mb=(10, 100), tp_reps=(1, 3), startups=(3, 8), restarts=(3, 8), endurance=(20, 200))
+    defaults = dict(batches=(6, 20), per_batch=(100, 200), mb=(10, 100), tp_reps=(1, 3), comm_msgs=(500, 2000), comm_reps=(1, 3), buffer_mb=(50, 50), buffer_reps=(3, 10), startups=(3, 8), restarts=(3, 8), endurance=(20, 200))
     for k, (quick, full) in defaults.items():
         if getattr(a, k) is None:
             setattr(a, k, quick if q else full)
-    a.only = set(filter(None, a.only.split(","))) or {"roundtrip", "throughput", "startup", "restart", "memory", "endurance"}
+    a.only = set(filter(None, a.only.split(","))) or set(MEASURES)
+    if a.only - set(MEASURES):
+        p.error(f"--only: unknown {','.join(sorted(a.only - set(MEASURES)))}; choose from {','.join(MEASURES)}")
     return a
 
 
@@ -587,7 +763,7 @@ def main(argv=None) -> int:
         KERNEL_LOG["file"] = open(args.kernel_log, "ab") if args.kernel_log else open(os.devnull, "wb")
         m = machine()
         log(f"temporary Jupyter folders in {root}; proxy from {args.proxy_path}")
-        if {"roundtrip", "throughput", "memory"} & args.only:
+        if {"roundtrip", "throughput", "comms", "buffer", "memory"} & args.only:
             direct, proxied = start("direct"), start("proxied")
             direct.client.wait_iopub()
             proxied.client.wait_iopub()
@@ -607,6 +783,10 @@ def main(argv=None) -> int:
                     "proxy": mem(proxied.pid)["rss"],
                     "inner": mem(inner_of(proxied).pid)["rss"],
                 }
+            if "comms" in args.only:
+                results["comms"] = bench_comms(direct, proxied, args.comm_msgs, args.comm_reps, log)
+            if "buffer" in args.only:
+                results["buffer"] = bench_buffer(direct, proxied, args.buffer_mb, args.buffer_reps, log)
             stop(direct)
             direct = None
         if "startup" in args.only:
