@@ -35,7 +35,7 @@ from traitlets import Float, Instance
 from traitlets.config import LoggingConfigurable
 
 from . import kernelspec, launchers
-from .relay import Pending, Relay
+from .relay import InnerKernelDied, Pending, Relay
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
@@ -428,3 +428,152 @@ class InnerKernel(LoggingConfigurable):
             self.relay.close()
             self.relay = None
         self.manager.cleanup_connection_file()
+
+
+class InnerKernels(LoggingConfigurable):
+    """Every inner kernel of one proxy: the one serving, a spare with standby, old ones shutting down.
+
+    The one place that knows which inner kernel is current.  It starts,
+    swaps and stops kernels; what a restart means to the client is the
+    proxy's business.
+    """
+
+    def __init__(
+        self,
+        spec: KernelSpec,
+        session: Session,
+        iopub: IOPubRelay,
+        on_input_request: Callable[[dict, Pending], None],
+        standby: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._spec, self._session, self._iopub, self._on_input_request = spec, session, iopub, on_input_request
+        self.standby = standby
+        #: the kernel serving the client, if any
+        self.current: InnerKernel | None = None
+        #: shutting down: a kernel that exits now is not rescued, and no spare is started
+        self.stopping = False
+        self._first: AsyncKernelManager | None = None
+        self._runtime_dir: Path | None = None
+        #: the spare kernel being started or waiting, with standby
+        self._spare: asyncio.Task | None = None
+        #: old kernels shutting down in the background after a swap to the spare
+        self._retiring: set[asyncio.Task] = set()
+
+    def adopt(self, manager: AsyncKernelManager, runtime_dir: Path) -> None:
+        """Take over a kernel launched before the proxy was ready (see prelaunch) as the first one."""
+        self._first, self._runtime_dir = manager, runtime_dir
+
+    async def start(self) -> InnerKernel:
+        """The first kernel, once it answers."""
+        if self._runtime_dir is None:
+            self._runtime_dir = private_runtime_dir()
+        manager, self._first = self._first, None
+        return await self._new(manager)
+
+    async def _new(self, manager: AsyncKernelManager | None = None, attempts: int = 3) -> InnerKernel:
+        """Start a kernel, again on fresh ports if it dies while starting.
+
+        jupyter_client picks free ports that the kernel binds only later, so
+        another socket can take one in between; the kernel then exits.
+        """
+        for attempt in range(1, attempts + 1):
+            inner = InnerKernel(
+                self._spec,
+                self._runtime_dir,
+                self._session,
+                self._iopub,
+                self._on_input_request,
+                manager=manager,
+                parent=self,
+                log=self.log,
+            )
+            manager = None
+            try:
+                await inner.start()
+                return inner
+            except InnerKernelDied as died:
+                inner.close()
+                if attempt == attempts:
+                    raise RuntimeError(f"{died} while starting, {attempts} times") from None
+                self.log.warning("%s while starting; trying again", died)
+            except BaseException:
+                inner.kill()
+                inner.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def use(self, inner: InnerKernel) -> None:
+        """Make ``inner`` the current kernel; with standby, start the next spare."""
+        self.current = inner
+        if self.standby and self._spare is None and not self.stopping:
+            self._spare = asyncio.get_running_loop().create_task(self._new())
+
+    async def replace(self, cold: bool = False) -> InnerKernel:
+        """A new kernel for the current one, which shuts down; there is no current kernel meanwhile.
+
+        The spare takes over at once, unless ``cold``, and the old kernel
+        shuts down in the background; else the new kernel starts while the
+        old one shuts down.  Raises if the new kernel does not start.
+        """
+        old, self.current = self.current, None
+        spare = await self._take_spare()
+        if spare is not None and cold:
+            self._retire(spare)
+            spare = None
+        if spare is not None:
+            if old is not None:
+                self._retire(old)
+            return spare
+        stopped, new = await asyncio.gather(
+            old.shutdown() if old is not None else asyncio.sleep(0), self._new(), return_exceptions=True
+        )
+        if isinstance(new, BaseException):
+            raise new
+        return new
+
+    def drop(self) -> None:
+        """Serve no kernel (the current one died too often): only a restart starts one again."""
+        inner, self.current = self.current, None
+        if inner is not None:
+            inner.close()
+
+    async def _take_spare(self) -> InnerKernel | None:
+        """The spare kernel, once started, if there is a live one."""
+        task, self._spare = self._spare, None
+        if task is None:
+            return None
+        try:
+            spare = await task
+        except Exception as e:
+            self.log.warning("The spare kernel did not start: %s", e)
+            return None
+        if spare.exited.done():
+            spare.close()
+            return None
+        return spare
+
+    def _retire(self, inner: InnerKernel) -> None:
+        task = asyncio.get_running_loop().create_task(inner.shutdown())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def shutdown(self) -> None:
+        """Shut every kernel down, and remove their connection files' folder."""
+        self.stopping = True
+        spare = await self._take_spare()
+        await asyncio.gather(
+            *(inner.shutdown() for inner in (self.current, spare) if inner is not None), *self._retiring
+        )
+        self._remove_runtime_dir()
+
+    def kill_all(self) -> None:
+        """Last resort at exit: nothing the proxy started may outlive it."""
+        self.stopping = True
+        InnerKernel.kill_all()
+        self._remove_runtime_dir()
+
+    def _remove_runtime_dir(self) -> None:
+        if self._runtime_dir is not None:
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)

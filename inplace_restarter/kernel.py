@@ -12,7 +12,6 @@ import asyncio
 import atexit
 import os
 import shlex
-import shutil
 import signal
 import time
 import typing as t
@@ -26,7 +25,7 @@ from traitlets import Bool, Instance
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
-from .inner import InnerKernel, private_runtime_dir
+from .inner import InnerKernel, InnerKernels
 from .provisioner import ENV_NAME, REPLY_KEY
 from .relay import InnerKernelDied, Pending
 from .rescue import Rescuer, RescuePolicy
@@ -109,7 +108,15 @@ class ProxyKernel(Kernel):
 
     def __init__(self, **kwargs: t.Any):
         super().__init__(**kwargs)
-        self.inner: InnerKernel | None = None
+        self.kernels = InnerKernels(
+            self.inner_spec,
+            self.session,
+            self.iopub_thread,
+            self._send_input_request,
+            standby=self.standby,
+            parent=self,
+            log=self.log,
+        )
         self._inner_info: dict = {}
         #: set while an inner kernel serves; requests wait on it through a restart
         self.ready = asyncio.Event()
@@ -117,20 +124,12 @@ class ProxyKernel(Kernel):
         self.rescuer = Rescuer(self, RescuePolicy(parent=self))
         #: the execute request being forwarded, if any
         self.running_cell: dict | None = None
-        #: shutting down: a kernel that exits now is not rescued
-        self.stopping = False
-        self._first_manager = None
-        self._runtime_dir: Path | None = None
-        #: the spare kernel being started or waiting, with standby
-        self._spare: asyncio.Task | None = None
         #: shell messages received so far, each message's number, and the last to abort
         self._received = 0
         self._sequence: dict[int, int] = {}
         self._abort_through = 0
         #: cells that failed so far (with stop_on_error)
         self._failures = 0
-        #: old kernels shutting down in the background after a swap to the spare
-        self._retiring: set[asyncio.Task] = set()
         #: a restart in place asked for by Jupyter's own restart (see shutdown_request)
         self._restarting: asyncio.Task | None = None
         #: shell messages received and not yet handled
@@ -142,9 +141,19 @@ class ProxyKernel(Kernel):
         self.subshells: dict[str, str] = {}
         atexit.register(self.cleanup)
 
+    @property
+    def inner(self) -> InnerKernel | None:
+        """The inner kernel serving the client, if any."""
+        return self.kernels.current
+
+    @property
+    def stopping(self) -> bool:
+        """Shutting down: a kernel that exits now is not rescued."""
+        return self.kernels.stopping
+
     def adopt(self, manager, runtime_dir: Path) -> None:
         """Take over an inner kernel launched before the proxy was ready (see inner.prelaunch)."""
-        self._first_manager, self._runtime_dir = manager, runtime_dir
+        self.kernels.adopt(manager, runtime_dir)
 
     # -- startup and shutdown ---------------------------------------------------
 
@@ -161,48 +170,13 @@ class ProxyKernel(Kernel):
         self.io_loop.add_callback(self._start_inner)
 
     async def _start_inner(self) -> None:
-        if self._runtime_dir is None:
-            self._runtime_dir = private_runtime_dir()
-        manager, self._first_manager = self._first_manager, None
         try:
-            inner = await self._new_inner(manager)
+            inner = await self.kernels.start()
         except Exception as e:
             self.log.critical("The inner kernel did not start: %s", e)
             self.io_loop.stop()
             return
         self._use(inner)
-
-    async def _new_inner(self, manager=None, attempts: int = 3) -> InnerKernel:
-        """Start an inner kernel, again on fresh ports if it dies while starting.
-
-        jupyter_client picks free ports that the kernel binds only later, so
-        another socket can take one in between; the kernel then exits.
-        """
-        for attempt in range(1, attempts + 1):
-            inner = InnerKernel(
-                self.inner_spec,
-                self._runtime_dir,
-                self.session,
-                self.iopub_thread,
-                self._send_input_request,
-                manager=manager,
-                parent=self,
-                log=self.log,
-            )
-            manager = None
-            try:
-                await inner.start()
-                return inner
-            except InnerKernelDied as died:
-                inner.close()
-                if attempt == attempts:
-                    raise RuntimeError(f"{died} while starting, {attempts} times") from None
-                self.log.warning("%s while starting; trying again", died)
-            except BaseException:
-                inner.kill()
-                inner.close()
-                raise
-        raise AssertionError("unreachable")
 
     def _use(self, inner: InnerKernel) -> None:
         """Serve the client with ``inner``, under its session id.
@@ -212,7 +186,7 @@ class ProxyKernel(Kernel):
         JupyterLab drops what it is still handling of any session but the
         newest message's, as after any kernel restart.
         """
-        self.inner = inner
+        self.kernels.use(inner)
         # Kept apart from self.inner, which a restart empties while the control
         # thread may be answering kernel_info.
         self._inner_info = inner.kernel_info
@@ -222,8 +196,6 @@ class ProxyKernel(Kernel):
         self.ready.set()
         self._loop.create_task(self.rescuer.watch(inner))
         self.log.info("Inner kernel %s is ready", inner.pid)
-        if self.standby and self._spare is None and not self.stopping:
-            self._spare = self._loop.create_task(self._new_inner())
 
     def _terminate(self) -> None:
         """SIGTERM: take the inner kernel down with us, at once."""
@@ -233,10 +205,7 @@ class ProxyKernel(Kernel):
 
     def cleanup(self) -> None:
         """Last resort at exit: nothing the proxy started may outlive it."""
-        self.stopping = True
-        InnerKernel.kill_all()
-        if self._runtime_dir is not None:
-            shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        self.kernels.kill_all()
 
     async def shutdown_request(self, stream, ident, parent) -> None:
         """Jupyter's own restart, from a launcher that keeps this process, restarts in place.
@@ -263,17 +232,8 @@ class ProxyKernel(Kernel):
             self.log.error("The kernel did not restart: %s", task.exception())
 
     async def do_shutdown(self, restart: bool) -> dict:
-        await self._on_main(self._shutdown_inner())
+        await self._on_main(self.kernels.shutdown())
         return {"status": "ok", "restart": restart}
-
-    async def _shutdown_inner(self) -> None:
-        self.stopping = True
-        spare = await self._take_spare()
-        await asyncio.gather(
-            *(inner.shutdown() for inner in (self.inner, spare) if inner is not None), *self._retiring
-        )
-        if self._runtime_dir is not None:
-            shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
     # -- forwarding ---------------------------------------------------------
 
@@ -652,28 +612,15 @@ class ProxyKernel(Kernel):
         the background.
         """
         started = time.monotonic()
-        old, self.inner = self.inner, None
+        old = self.inner
         self.ready.clear()
         if old is not None and old.relay is not None:
             self._close_comms(old.relay.comms)
-        spare = await self._take_spare()
-        if spare is not None and cold:
-            self._retire(spare)
-            spare = None
-        if spare is not None:
-            new = spare
-            if old is not None:
-                self._retire(old)
-        else:
-            results = await asyncio.gather(
-                old.shutdown() if old is not None else asyncio.sleep(0),
-                self._new_inner(),
-                return_exceptions=True,
-            )
-            new = results[1]
-            if isinstance(new, BaseException):
-                self.ready.set()
-                raise new
+        try:
+            new = await self.kernels.replace(cold)
+        except BaseException:
+            self.ready.set()
+            raise
         await self._carry_subshells(new)
         self.execution_count = 0
         self.session.send(
@@ -685,26 +632,6 @@ class ProxyKernel(Kernel):
         if parent is not None:
             self.write_stream(message + "\n", parent)
         self._use(new)
-
-    async def _take_spare(self) -> InnerKernel | None:
-        """The spare kernel, once started, if there is a live one."""
-        task, self._spare = self._spare, None
-        if task is None:
-            return None
-        try:
-            spare = await task
-        except Exception as e:
-            self.log.warning("The spare kernel did not start: %s", e)
-            return None
-        if spare.exited.done():
-            spare.close()
-            return None
-        return spare
-
-    def _retire(self, inner: InnerKernel) -> None:
-        task = self._loop.create_task(inner.shutdown())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
 
     def _close_comms(self, comms: dict[str, str]) -> None:
         parent = self.get_parent("shell")

@@ -103,8 +103,7 @@ class Rescuer:
             return inner.stop_reason or reason
         kernel.log.warning("%s; restarting it in place", reason)
         if not self.policy.may_restart():
-            kernel.inner = None
-            inner.close()
+            kernel.kernels.drop()
             message = (
                 f"{reason}. It died {self.policy.restart_limit} times within "
                 f"{self.policy.restart_window:g} s, so it is not restarted again: run %restart to start it."
