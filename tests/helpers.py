@@ -260,7 +260,3 @@ def wait_for_stream(kc, msg_id: str, text: str, timeout: float = 30) -> str:
     found = iopub_until(kc, msg_id, lambda m: m["msg_type"] == "stream" and text in m["content"]["text"], timeout)
     return found[-1]["content"]["text"]
 
-
-def wait_for_busy(kc, msg_id: str, timeout: float = 30) -> None:
-    """Wait until the cell ``msg_id`` runs (its execute_input is out)."""
-    iopub_until(kc, msg_id, lambda m: m["msg_type"] == "execute_input", timeout)

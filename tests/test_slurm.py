@@ -16,7 +16,7 @@ import pytest
 
 from inplace_restarter.kernelspec import METADATA_KEY, proxy_argv
 
-from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_busy, wait_for_stream
+from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream
 from .spec_helpers import load, run_cli, write_spec
 
 pytestmark = pytest.mark.timeout(300)
@@ -27,6 +27,8 @@ SRUN_SPEC = {
     "language": "python",
 }
 WHERE = "import os\nprint(os.environ['SLURM_JOB_ID'], os.getpid(), os.getppid())"
+#: A cell that says it runs, then sleeps far longer than any test: the marker to interrupt it on.
+SLEEPING = "import time\nprint('sleeping', flush=True)\ntime.sleep(600)"
 
 
 @pytest.fixture
@@ -103,8 +105,8 @@ def test_restart_keeps_the_job_and_interrupt_and_shutdown_leave_no_job(srun_spec
         assert new_pid != pid
         print(f"%restart inside srun: {restart_seconds:.2f} s")
 
-        msg_id = kc.execute("import time; time.sleep(600)")
-        wait_for_busy(kc, msg_id)
+        msg_id = kc.execute(SLEEPING)
+        wait_for_stream(kc, msg_id, "sleeping")
         km.interrupt_kernel()
         reply = reply_to(kc, msg_id, timeout=30)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
@@ -119,8 +121,8 @@ def test_a_hung_kernel_is_rescued_inside_the_job_and_shutdown_leaves_no_job(srun
     write_spec(srun_spec.parent, "slurm-py", spec)
     with running_in_job(slurm) as (km, kc):
         job, pid, _ = where(kc)
-        msg_id = kc.execute("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(600)")
-        wait_for_busy(kc, msg_id)
+        msg_id = kc.execute("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n" + SLEEPING)
+        wait_for_stream(kc, msg_id, "sleeping")
         km.interrupt_kernel()
         wait_for_stream(kc, msg_id, "does not respond to interrupts", timeout=60)
         km.interrupt_kernel()
@@ -155,8 +157,8 @@ def test_outside_srun_restart_starts_a_new_job_and_the_old_one_ends(srun_spec, s
         new_job, new_pid, _ = where(kc)
         assert new_job != job and new_pid != pid
         slurm.wait_for_job_gone(job)
-        msg_id = kc.execute("import time; time.sleep(600)")
-        wait_for_busy(kc, msg_id)
+        msg_id = kc.execute(SLEEPING)
+        wait_for_stream(kc, msg_id, "sleeping")
         km.interrupt_kernel()
         assert reply_to(kc, msg_id, timeout=30)["content"]["ename"] == "KeyboardInterrupt"
     slurm.wait_for_empty_queue(15)
