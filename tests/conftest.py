@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import direct, proxied, running, write_spec
+from .helpers import running
 from .slurm import slurm, slurm_cluster  # noqa: F401  (fixtures for the tests that run kernels in Slurm jobs)
+from .spec_helpers import direct, proxied, write_spec
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +28,6 @@ def jupyter_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     monkeypatch.delenv("JUPYTER_CONFIG_PATH", raising=False)
     return dirs
-
 
 
 @pytest.fixture

@@ -1,79 +1,78 @@
-"""Starting real kernels for the tests, and reading what they send."""
+"""What the tests share: waiting for a marker, the processes a test started, kernels and their messages.
+
+Kernelspec folders (sample specs, writing and reading kernel.json, CLI runs)
+are tests/spec_helpers.py's concern.
+"""
 
 from __future__ import annotations
 
-import json
 import os
+import socket
 import sys
 import time
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import pytest
-from jupyter_client.manager import start_new_kernel
-
-from inplace_restarter.kernelspec import METADATA_KEY, proxy_argv
+from jupyter_client.manager import KernelManager
 
 PYTHON = sys.executable
 
+T = TypeVar("T")
 
-def needs(available: object, what: str) -> None:
+
+def unavailable(reason: str) -> None:
     """Skip a test whose prerequisite is missing here; in CI (``CI`` set) fail it instead.
 
     CI installs everything the tests use, so a missing piece there is a
     broken setup, never a reason to pass quietly.
     """
-    if available:
-        return
     if os.environ.get("CI"):
-        pytest.fail(f"{what} (required in CI)")
-    pytest.skip(what)
-#: The kernel used directly and behind the proxy throughout the tests.
-IPYKERNEL_ARGV = [PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        pytest.fail(f"{reason} (required in CI)", pytrace=False)
+    pytest.skip(reason)
 
 
-def write_spec(kernels_dir: Path, name: str, spec: dict) -> Path:
-    folder = kernels_dir / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "kernel.json").write_text(json.dumps(spec, indent=1))
-    return folder
+def needs(available: object, what: str) -> None:
+    """``unavailable(what)`` unless ``available``."""
+    if not available:
+        unavailable(what)
 
 
-def proxied(inner_argv: list[str] = IPYKERNEL_ARGV, **fields) -> dict:
-    """A kernel.json as install writes it: the proxy in front of ``inner_argv``."""
-    return {
-        "argv": proxy_argv(PYTHON),
-        "display_name": "Python (in-place restart)",
-        "language": "python",
-        **fields,
-        "metadata": {**fields.get("metadata", {}), METADATA_KEY: {"original_argv": inner_argv}},
-    }
+# --- waiting for a marker ------------------------------------------------------------------
 
 
-def direct(argv: list[str] = IPYKERNEL_ARGV, **fields) -> dict:
-    return {"argv": argv, "display_name": "Python (direct)", "language": "python", **fields}
+def wait_until(ready: Callable[[], T], what: str, timeout: float = 30, interval: float = 0.02) -> T:
+    """Poll ``ready`` until it returns something true and return that; AssertionError after ``timeout``.
+
+    What to wait for is a marker (a file, a process state, a queue), never a
+    duration: the deadline only bounds a test that would otherwise hang.
+    """
+    deadline = time.monotonic() + timeout
+    while not (result := ready()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+    return result
 
 
-@contextmanager
-def running(kernel_name: str, **kwargs):
-    """Start a kernel as Jupyter does and make sure it is gone afterwards."""
-    km, kc = start_new_kernel(kernel_name=kernel_name, startup_timeout=60, **kwargs)
-    try:
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        pid = km.provisioner.pid if km.provisioner else None
-        descendants = descendants_of(pid)
-        km.shutdown_kernel(now=True)
-        for proc in descendants:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+def wait_for_file(path: Path, timeout: float = 30) -> None:
+    """Wait for a marker file that a cell creates once it runs."""
+    wait_until(Path(path).exists, f"{path} to appear", timeout)
 
 
-def descendants_of(pid: int | None) -> list[psutil.Process]:
+def marker_cell(started: Path, code: str = "") -> str:
+    """Code that creates ``started`` to say it runs, then runs ``code``."""
+    return f"open({str(started)!r}, 'w').close()\n{code}"
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+def descendants(pid: int | None) -> list[psutil.Process]:
+    """Every process below ``pid`` (none for a process already gone)."""
     if pid is None:
         return []
     try:
@@ -82,22 +81,88 @@ def descendants_of(pid: int | None) -> list[psutil.Process]:
         return []
 
 
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie has ended, it only waits for its parent to read its status."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def live_below(pid: int, command: str = "") -> set[int]:
+    """The pids of the running processes below ``pid`` whose command line contains ``command``."""
+    found = set()
+    for proc in descendants(pid):
+        with suppress(psutil.NoSuchProcess):
+            if proc.status() != psutil.STATUS_ZOMBIE and command in " ".join(proc.cmdline()):
+                found.add(proc.pid)
+    return found
+
+
+def ended(pids: Iterable[int], timeout: float = 10) -> None:
+    """Wait until none of ``pids`` runs; AssertionError naming those that still do."""
+    pids = list(pids)
+    wait_until(lambda: not any(map(is_running, pids)), f"{[p for p in pids if is_running(p)]} to end", timeout)
+
+
+def kill(procs: Iterable[psutil.Process]) -> None:
+    """SIGKILL each of ``procs`` that is still there."""
+    for proc in procs:
+        with suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def processes_gone(procs: list[psutil.Process], what: str, timeout: float = 10) -> None:
+    """Wait for ``procs`` to end; kill and report any that outlive ``timeout``."""
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    kill(alive)
+    if alive:
+        raise AssertionError(f"processes outlived {what}: {[p.pid for p in alive]}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- kernels -------------------------------------------------------------------------------
+
+
+@contextmanager
+def running(kernel_name: str, *, startup_timeout: float = 60, graceful: bool = False, manager=None, **launch):
+    """Start a kernel as Jupyter does: ``(KernelManager, BlockingKernelClient)``; it is gone afterwards.
+
+    ``manager`` holds KernelManager options (transport, encryption), ``launch``
+    ``start_kernel``'s (stderr, cwd).  By default the kernel is killed at the
+    end, and whatever it started with it; ``graceful`` shuts it down as
+    Jupyter does (a ``shutdown_request``) and fails if anything it started
+    outlives that.
+    """
+    km = KernelManager(kernel_name=kernel_name, **(manager or {}))
+    km.start_kernel(**launch)
+    kc = km.client()
+    started: list[psutil.Process] = []
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=startup_timeout)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        if km.has_kernel:
+            started = descendants(km.provisioner.pid)
+        if graceful:
+            if km.is_alive():
+                km.shutdown_kernel()
+            processes_gone(started, f"the shutdown of {kernel_name!r}", timeout=30)
+        else:
+            km.shutdown_kernel(now=True)
+            kill(started)
+
+
 def inner_pids(km) -> set[int]:
     """The pids of the live kernels behind the proxy that ``km`` started."""
-    pids = set()
-    for proc in descendants_of(km.provisioner.pid):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and "ipykernel_launcher" in " ".join(proc.cmdline()):
-                pids.add(proc.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
-
-
-def inner_connection_file(km) -> str:
-    """The connection file of the one kernel behind the proxy, as its command line names it."""
-    argv = psutil.Process(inner_pid(km)).cmdline()
-    return argv[argv.index("-f") + 1]
+    return live_below(km.provisioner.pid, "ipykernel_launcher")
 
 
 def inner_pid(km) -> int:
@@ -107,6 +172,26 @@ def inner_pid(km) -> int:
     return pids.pop()
 
 
+def wait_for_inner_count(km, count: int, timeout: float = 30) -> set[int]:
+    """Wait until ``count`` kernels run behind the proxy (a spare among them); their pids."""
+    [pids] = wait_until(lambda: [pids] if len(pids := inner_pids(km)) == count else None, f"{count} inner kernels", timeout)
+    return pids
+
+
+def inner_connection_file(km) -> str:
+    """The connection file of the one kernel behind the proxy, as its command line names it."""
+    argv = psutil.Process(inner_pid(km)).cmdline()
+    return argv[argv.index("-f") + 1]
+
+
+def kernel_pid(kc) -> int:
+    """The pid of the kernel that runs ``kc``'s cells, as it says itself."""
+    return int(stdout_of(execute(kc, "import os; print(os.getpid())")[1]))
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
 def execute(kc, code: str, timeout: float = 30, **kwargs) -> tuple[dict, list[dict]]:
     """Run ``code``; return the reply and the iopub messages it caused, in order."""
     outputs: list[dict] = []
@@ -114,22 +199,64 @@ def execute(kc, code: str, timeout: float = 30, **kwargs) -> tuple[dict, list[di
     return reply, outputs
 
 
+def stream_text(outputs: list[dict], name: str) -> str:
+    """What ``outputs`` wrote to the stream ``name`` (stdout or stderr)."""
+    return "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream" and m["content"]["name"] == name)
+
+
 def stdout_of(outputs: list[dict]) -> str:
-    return "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+    return stream_text(outputs, "stdout")
 
 
+def stderr_of(outputs: list[dict]) -> str:
+    return stream_text(outputs, "stderr")
 
-def reply_to(kc, msg_id: str, timeout: float = 10) -> dict:
-    """The shell reply to ``msg_id``, skipping replies to earlier requests."""
+
+def send(kc, channel: str, msg_type: str, content: dict | None = None, buffers=None, **header) -> str:
+    """Send a request on ``channel`` ("shell", "control", ...), ``header`` fields added; its msg_id."""
+    msg = kc.session.msg(msg_type, content or {})
+    msg["header"].update(header)
+    kc.session.send(getattr(kc, f"{channel}_channel").socket, msg, buffers=buffers)
+    return msg["header"]["msg_id"]
+
+
+def reply_to(kc, msg_id: str, timeout: float = 10, channel: str = "shell") -> dict:
+    """The reply to ``msg_id`` on ``channel``, skipping replies to earlier requests."""
     while True:
-        reply = kc.get_shell_msg(timeout=timeout)
+        reply = getattr(kc, f"{channel}_channel").get_msg(timeout=timeout)
         if reply["parent_header"].get("msg_id") == msg_id:
             return reply
 
 
-def wait_for_file(path: Path, timeout: float = 30) -> None:
-    """Wait for a marker file that a cell creates once it runs."""
+def is_idle(msg: dict) -> bool:
+    return msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+
+
+def iopub_until(kc, msg_id: str, done: Callable[[dict], bool], timeout: float = 30, everything: bool = False) -> list[dict]:
+    """The iopub messages of request ``msg_id``, up to the first one that is ``done``.
+
+    With ``everything``, the messages of other parents received meanwhile are kept too.
+    """
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
-        time.sleep(0.01)
+    seen: list[dict] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"iopub of {msg_id}: no end within {timeout} s; got {[m['msg_type'] for m in seen]}"
+        msg = kc.get_iopub_msg(timeout=remaining)
+        mine = msg["parent_header"].get("msg_id") == msg_id
+        if mine or everything:
+            seen.append(msg)
+        if mine and done(msg):
+            return seen
+
+
+def iopub_until_idle(kc, msg_id: str, timeout: float = 30, everything: bool = False) -> list[dict]:
+    """The iopub messages of request ``msg_id``, through its idle status."""
+    return iopub_until(kc, msg_id, is_idle, timeout, everything)
+
+
+def wait_for_stream(kc, msg_id: str, text: str, timeout: float = 30) -> str:
+    """Wait until the cell ``msg_id`` writes ``text`` to a stream; that stream message's text."""
+    found = iopub_until(kc, msg_id, lambda m: m["msg_type"] == "stream" and text in m["content"]["text"], timeout)
+    return found[-1]["content"]["text"]
+

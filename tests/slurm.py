@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import free_port, unavailable, wait_until
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("srun", "squeue", "sinfo", "scontrol", "scancel")
 #: munged, slurmctld and slurmd up and the node idle takes about 40 s here from nothing.
@@ -42,12 +44,6 @@ def missing() -> str | None:
     except KeyError:
         return "no user 'munge' (the munge package creates it)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
 
 
 def _binary(name: str) -> str:
@@ -93,8 +89,8 @@ class Cluster:
         settings = {
             "ClusterName": f"t{os.getpid()}",
             "SlurmctldHost": self.host,
-            "SlurmctldPort": _free_port(),
-            "SlurmdPort": _free_port(),
+            "SlurmctldPort": free_port(),
+            "SlurmdPort": free_port(),
             "SlurmUser": "root",
             "SlurmdUser": "root",
             "AuthType": "auth/munge",
@@ -156,30 +152,39 @@ class Cluster:
 
     def _wait(self, ready, what: str, daemon: str) -> None:
         """Poll ``ready`` until it holds; a daemon that exits or a deadline passed is an error with its log."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while not ready():
-            process = self.processes[daemon]
-            if process.poll() is not None or time.monotonic() > deadline:
-                log = (self.root / "log" / f"{daemon}.out").read_text(errors="replace")[-2000:]
-                state = f"exited with {process.returncode}" if process.returncode is not None else "timed out"
-                raise Unavailable(f"waiting for {what}: {daemon} {state}:\n{log}")
-            time.sleep(0.2)
+        process = self.processes[daemon]
+
+        def outcome() -> str | None:
+            if ready():
+                return "ready"
+            return None if process.poll() is None else f"exited with {process.returncode}"
+
+        try:
+            state = wait_until(outcome, what, START_TIMEOUT, interval=0.2)
+        except AssertionError:
+            state = "timed out"
+        if state != "ready":
+            log = (self.root / "log" / f"{daemon}.out").read_text(errors="replace")[-2000:]
+            raise Unavailable(f"waiting for {what}: {daemon} {state}:\n{log}")
 
     # -- use --------------------------------------------------------------
 
     def jobs(self) -> list[dict]:
         """The jobs in the queue: id, name and state of each."""
         out = self._run("squeue", "--noheader", "--format=%i|%j|%T").stdout
-        return [dict(zip(("id", "name", "state"), line.split("|"))) for line in out.splitlines() if line]
+        return [dict(zip(("id", "name", "state"), line.split("|"), strict=True)) for line in out.splitlines() if line]
 
     def wait_for_empty_queue(self, timeout: float = 15) -> float:
         """Seconds until the queue is empty; AssertionError with what is left after ``timeout``."""
         start = time.monotonic()
-        while jobs := self.jobs():
-            if time.monotonic() - start > timeout:
-                raise AssertionError(f"jobs still in the queue after {timeout} s: {jobs}")
-            time.sleep(0.2)
+        try:
+            wait_until(lambda: not self.jobs(), "an empty queue", timeout, interval=0.2)
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {self.jobs()}") from None
         return time.monotonic() - start
+
+    def wait_for_job_gone(self, job: str, timeout: float = 15) -> None:
+        wait_until(lambda: job not in {j["id"] for j in self.jobs()}, f"the job {job} to leave the queue", timeout, 0.2)
 
     def cancel_all(self) -> None:
         ids = [job["id"] for job in self.jobs()]
@@ -204,19 +209,12 @@ class Cluster:
                 process.wait(15)
 
 
-def _fail_or_skip(reason: str) -> None:
-    """Outside CI a machine without Slurm skips these tests; in CI (CI=true) that is a failure."""
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the Slurm tests: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """One cluster for the session: started on first use, every daemon stopped by pid at the end."""
     reason = missing()
     if reason:
-        _fail_or_skip(reason)
+        unavailable(reason)
     # Not below pytest's 0700 temporary folder: munged wants every folder above its socket searchable.
     root = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
     cluster = Cluster(root)
@@ -224,7 +222,7 @@ def slurm_cluster():
         cluster.start()
     except Unavailable as e:
         cluster.stop()
-        _fail_or_skip(f"the test cluster did not start: {e}")
+        unavailable(f"the test cluster did not start: {e}")
     try:
         yield cluster
     finally:

@@ -1,4 +1,4 @@
-"""Real kernelspec folders and CLI runs for the kernelspec-management tests."""
+"""Kernelspec folders: sample specs, the proxied and direct ipykernel specs, writing and reading them, CLI runs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ import sys
 import venv
 from pathlib import Path
 
+from inplace_restarter.kernelspec import wrapped
+
+#: The kernel used directly and behind the proxy throughout the tests.
+IPYKERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
 PYTHON_SPEC = {
-    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "argv": list(IPYKERNEL_ARGV),
     "display_name": "Python (test)",
     "language": "python",
     "env": {"TEST_VAR": "1"},
@@ -36,28 +41,34 @@ LEGACY_SPEC = {
     "argv": [sys.executable, "-m", "inplace_restarter", "-f", "{connection_file}", "--Proxy.rd={resource_dir}"],
     "display_name": "Python (0.1.0)",
     "language": "python",
-    "restarter_original_argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "restarter_original_argv": list(IPYKERNEL_ARGV),
 }
 NO_CONNECTION_FILE_SPEC = {"argv": ["weird-kernel", "--port", "5555"], "display_name": "Weird", "language": "x"}
 
 
-def kernels_dir(root: Path) -> Path:
-    return Path(root) / "kernels"
+def direct(argv: list[str] = IPYKERNEL_ARGV, **fields) -> dict:
+    """A kernel.json that starts ``argv`` (ipykernel by default) directly."""
+    return {"argv": list(argv), "display_name": "Python (direct)", "language": "python", **fields}
 
 
-def make_spec(root: Path, name: str, spec: dict | str) -> Path:
-    """A spec folder ``root/kernels/name``; a str is written as the raw kernel.json text."""
-    folder = kernels_dir(root) / name
-    folder.mkdir(parents=True)
+def proxied(inner_argv: list[str] = IPYKERNEL_ARGV, **fields) -> dict:
+    """The kernel.json ``install`` makes of ``direct(inner_argv, **fields)``: the proxy in front of it."""
+    return wrapped(direct(inner_argv, **{"display_name": "Python (in-place restart)", **fields}), sys.executable)
+
+
+def write_spec(kernels_dir: Path, name: str, spec: dict | str) -> Path:
+    """A spec folder ``kernels_dir/name`` with a logo; a str is written as the raw kernel.json text."""
+    folder = Path(kernels_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
     text = spec if isinstance(spec, str) else json.dumps(spec, indent=1)
     (folder / "kernel.json").write_text(text, encoding="utf-8")
     (folder / "logo-64x64.png").write_bytes(b"\x89PNG not really")
     return folder
 
 
-def make_specs(root: Path, specs: dict[str, dict]) -> dict[str, Path]:
+def write_specs(kernels_dir: Path, specs: dict[str, dict]) -> dict[str, Path]:
     """Several spec folders at once; returns them by name."""
-    return {name: make_spec(root, name, spec) for name, spec in specs.items()}
+    return {name: write_spec(kernels_dir, name, spec) for name, spec in specs.items()}
 
 
 def load(folder: Path) -> dict:

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import subprocess
-import sys
-import time
 
 import psutil
 import zmq
 from jupyter_client import BlockingKernelClient
 from jupyter_client.session import Session
 
-from .helpers import IPYKERNEL_ARGV, PYTHON, descendants_of, execute, stdout_of
+from .helpers import (
+    PYTHON,
+    descendants,
+    execute,
+    iopub_until_idle,
+    kill,
+    processes_gone,
+    running,
+    send,
+    stdout_of,
+    wait_for_file,
+)
+from .spec_helpers import IPYKERNEL_ARGV
 
 HEAVY = ("IPython.core.interactiveshell", "IPython.terminal", "prompt_toolkit", "jedi")
 
@@ -41,9 +50,7 @@ def test_without_a_connection_file_the_kernel_writes_one_and_serves(jupyter_dirs
     connection_file = runtime / f"kernel-{proc.pid}.json"
     kc = BlockingKernelClient(connection_file=str(connection_file))
     try:
-        deadline = time.monotonic() + 30
-        while not connection_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_file(connection_file)
         kc.load_connection_file()
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
@@ -54,9 +61,9 @@ def test_without_a_connection_file_the_kernel_writes_one_and_serves(jupyter_dirs
         assert not connection_file.exists(), "a connection file the kernel wrote is removed at exit"
     finally:
         kc.stop_channels()
-        children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
-        for p in [proc, *children]:
-            p.kill()
+        children = descendants(proc.pid) if proc.poll() is None else []
+        proc.kill()
+        kill(children)
         proc.wait(timeout=10)
 
 
@@ -81,16 +88,11 @@ def test_each_new_iopub_subscription_is_welcomed(proxy):
 def test_control_requests_report_busy_and_idle_on_iopub(proxy):
     """The control thread's status messages reach iopub through the main loop, in order."""
     _, kc = proxy
-    msg = kc.session.msg("kernel_info_request")
-    kc.control_channel.send(msg)
+    msg_id = send(kc, "control", "kernel_info_request")
     reply = kc.control_channel.get_msg(timeout=10)
-    assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
-    states = []
-    while "idle" not in states:
-        status = kc.get_iopub_msg(timeout=10)
-        if status["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
-            states.append(status["content"]["execution_state"])
-    assert states == ["busy", "idle"]
+    assert reply["parent_header"]["msg_id"] == msg_id
+    statuses = [m for m in iopub_until_idle(kc, msg_id) if m["msg_type"] == "status"]
+    assert [m["content"]["execution_state"] for m in statuses] == ["busy", "idle"]
 
 
 LAUNCHER = """
@@ -116,35 +118,18 @@ def test_the_kernel_exits_with_the_process_that_started_it_leaving_nothing(specs
         folders = list(jupyter_dirs["JUPYTER_RUNTIME_DIR"].glob(f"inplace-restarter-{socket.gethostname()}-{proxy_pid}-*"))
         assert inner_pids and folders
         launcher.communicate("exit\n", timeout=30)
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        assert not alive
+        processes_gone(procs, "the process that started them")
         assert not any(folder.exists() for folder in folders)
     finally:
         launcher.kill()
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
+        kill(procs)
 
 
 def test_the_kernel_serves_over_ipc_when_the_client_asks(specs, tmp_path):
-    from jupyter_client.manager import KernelManager
-
-    km = KernelManager(kernel_name="proxied", transport="ipc", ip=str(tmp_path / "kernel"))
-    km.start_kernel()
-    kc = km.blocking_client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
+    with running("proxied", manager={"transport": "ipc", "ip": str(tmp_path / "kernel")}) as (_, kc):
         _, outputs = execute(kc, "print('over ipc')")
         assert stdout_of(outputs) == "over ipc\n"
         assert len(list(tmp_path.glob("kernel-*"))) == 5, "the proxy's sockets and heartbeat are files there"
-    finally:
-        kc.stop_channels()
-        left = descendants_of(km.provisioner.pid)
-        km.shutdown_kernel(now=True)
-        for proc in left:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
 
 
 def test_an_unreadable_connection_file_is_a_one_line_error_and_leaves_no_kernel(jupyter_dirs, tmp_path):
@@ -162,5 +147,4 @@ def test_an_unreadable_connection_file_is_a_one_line_error_and_leaves_no_kernel(
     runtime = jupyter_dirs["JUPYTER_RUNTIME_DIR"]
     assert not list(runtime.glob("inplace-restarter-*")), "the inner kernel launched early is gone with its folder"
     inner = [p for p in psutil.process_iter(["cmdline"]) if str(runtime) in " ".join(p.info["cmdline"] or [])]
-    _, alive = psutil.wait_procs(inner, timeout=5)
-    assert not alive
+    processes_gone(inner, "the proxy that failed", timeout=10)

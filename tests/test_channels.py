@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from .helpers import execute, proxied, reply_to, running, stdout_of, write_spec
+from .helpers import (
+    execute,
+    inner_pid,
+    iopub_until_idle,
+    marker_cell,
+    reply_to,
+    running,
+    send,
+    stdout_of,
+    wait_for_file,
+)
+from .spec_helpers import proxied, write_spec
 
 ECHO_TARGET = """
 def _echo(comm, open_msg):
@@ -23,26 +32,6 @@ def _record(comm, open_msg):
     comm.on_msg(lambda msg: seen.append(msg["content"]["data"]["n"]))
 get_ipython().kernel.comm_manager.register_target("record", _record)
 """
-
-
-def iopub_until_idle(kc, msg_id: str, timeout: float = 10) -> list[dict]:
-    """The iopub messages with parent ``msg_id``, up to its idle status."""
-    seen: list[dict] = []
-    while True:
-        msg = kc.get_iopub_msg(timeout=timeout)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        seen.append(msg)
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return seen
-
-
-def send(kc, channel: str, msg_type: str, content: dict, buffers=None) -> str:
-    msg = kc.session.msg(msg_type, content)
-    getattr(kc, f"{channel}_channel").send(msg) if buffers is None else kc.session.send(
-        getattr(kc, f"{channel}_channel").socket, msg, buffers=buffers
-    )
-    return msg["header"]["msg_id"]
 
 
 def test_input_reaches_the_client_and_the_answer_the_kernel(proxy):
@@ -103,26 +92,31 @@ def test_restart_closes_the_old_kernels_comms(proxy):
     assert info["content"]["comms"] == {}
 
 
+def sleeping_cell(started) -> str:
+    """A cell that says it runs by creating ``started``, then sleeps far longer than any test."""
+    return marker_cell(started, "import time\ntime.sleep(600)")
+
+
 @pytest.mark.parametrize("interrupt_mode", ["signal", "message"])
-def test_interrupt_ends_a_sleeping_cell_within_a_second(kernels_dir, interrupt_mode):
+def test_interrupt_ends_a_sleeping_cell(kernels_dir, tmp_path, interrupt_mode):
+    """How fast is the benchmark's to say; here the cell, which would sleep ten minutes, ends."""
     write_spec(kernels_dir, "p", proxied(interrupt_mode=interrupt_mode))
     with running("p") as (km, kc):
-        msg_id = kc.execute("import time\ntime.sleep(30)")
-        time.sleep(1)  # the cell is running
-        sent = time.monotonic()
+        msg_id = kc.execute(sleeping_cell(tmp_path / "started"))
+        wait_for_file(tmp_path / "started")
         km.interrupt_kernel()
-        reply = reply_to(kc, msg_id, timeout=5)
-        assert time.monotonic() - sent < 1
+        reply = reply_to(kc, msg_id, timeout=30)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert execute(kc, "print('after')")[0]["content"]["status"] == "ok"
 
 
-def test_interrupt_request_on_shell_is_served_while_a_cell_runs(proxy):
+def test_interrupt_request_on_shell_is_served_while_a_cell_runs(proxy, tmp_path):
     _, kc = proxy
-    msg_id = kc.execute("import time\ntime.sleep(30)")
-    time.sleep(1)
+    msg_id = kc.execute(sleeping_cell(tmp_path / "started"))
+    wait_for_file(tmp_path / "started")
     interrupt_id = send(kc, "shell", "interrupt_request", {})
-    assert reply_to(kc, interrupt_id, timeout=5)["content"]["status"] == "ok"
-    assert reply_to(kc, msg_id, timeout=5)["content"]["ename"] == "KeyboardInterrupt"
+    assert reply_to(kc, interrupt_id, timeout=30)["content"]["status"] == "ok"
+    assert reply_to(kc, msg_id, timeout=30)["content"]["ename"] == "KeyboardInterrupt"
 
 
 def test_the_debugger_initializes_and_attaches_through_the_control_channel(proxy):
@@ -142,8 +136,6 @@ def test_the_debugger_initializes_and_attaches_through_the_control_channel(proxy
 
 def test_usage_request_is_answered_by_the_inner_kernel(proxy):
     km, kc = proxy
-    from .helpers import inner_pid
-
     msg_id = send(kc, "control", "usage_request", {})
     reply = kc.get_control_msg(timeout=10)
     assert reply["parent_header"]["msg_id"] == msg_id
@@ -160,8 +152,9 @@ def test_requests_sent_during_a_restart_are_answered_once_after_it(proxy):
     assert [r["parent_header"]["msg_id"] for r in replies] == [restart_id, *ids]
     assert kc.get_control_msg(timeout=10)["parent_header"]["msg_id"] == control_id
     assert "after" in stdout_of(iopub_until_idle(kc, ids[2]))
-    with pytest.raises(Exception):
-        kc.get_shell_msg(timeout=1)
+    # No second reply to any of them: the next reply is a later request's.
+    marker = kc.kernel_info()
+    assert kc.get_shell_msg(timeout=30)["parent_header"]["msg_id"] == marker
 
 
 def test_a_burst_of_requests_gets_one_busy_and_one_idle_each_as_from_a_kernel(proxy):

@@ -21,19 +21,19 @@ from .spec_helpers import (
     NO_CONNECTION_FILE_SPEC,
     PYTHON_SPEC,
     load,
-    make_spec,
-    make_specs,
     run_cli,
     snapshot,
     venv_seeing_ours,
+    write_spec,
+    write_specs,
 )
 
 
 @pytest.fixture
 def spec_dirs(jupyter_dirs):
     """A spec of each kind in the test's JUPYTER_PATH; returns their folders by name."""
-    return make_specs(
-        jupyter_dirs["JUPYTER_PATH"],
+    return write_specs(
+        jupyter_dirs["JUPYTER_PATH"] / "kernels",
         {"py": PYTHON_SPEC, "ir": IRKERNEL_SPEC, "julia": IJULIA_SPEC, "old": LEGACY_SPEC, "weird": NO_CONNECTION_FILE_SPEC},
     )
 
@@ -129,7 +129,7 @@ def test_an_unknown_name_exits_2_and_lists_the_known_ones(spec_dirs, jupyter_dir
     [('{"argv": [', "is not valid JSON"), ('{"display_name": "no argv"}', "cannot be installed (kernel.json has no argv)")],
 )
 def test_a_broken_kernel_json_is_named_and_nothing_is_touched(spec_dirs, jupyter_dirs, text, message):
-    broken = make_spec(jupyter_dirs["JUPYTER_PATH"], "broken", text)
+    broken = write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "broken", text)
     before = snapshot(jupyter_dirs["JUPYTER_PATH"])
     done = run_cli("install", "py", "broken")
     assert done.returncode == 1
@@ -157,7 +157,7 @@ def test_a_0_1_0_spec_is_listed_removed_and_migrated(spec_dirs):
     assert listed()["installed"]["old"]["legacy"] is False
 
     shutil.rmtree(spec_dirs["old"])
-    make_spec(spec_dirs["old"].parent.parent, "old", LEGACY_SPEC)
+    write_spec(spec_dirs["old"].parent, "old", LEGACY_SPEC)
     done = run_cli("remove", "old")
     assert done.returncode == 0, done.stderr
     expected = {k: v for k, v in LEGACY_SPEC.items() if k != "restarter_original_argv"}
@@ -217,7 +217,7 @@ def run_read_only(folder: Path, *args: str, python: str):
 @pytest.mark.timeout(180)
 def test_a_spec_folder_the_user_cannot_write_offers_user_which_installs_on_a_copy(env_python, jupyter_dirs):
     python, env_share = env_python
-    system_spec = make_spec(env_share, "sys-wide", IRKERNEL_SPEC)
+    system_spec = write_spec(env_share / "kernels", "sys-wide", IRKERNEL_SPEC)
     before = snapshot(system_spec)
 
     done = run_read_only(system_spec.parent, "install", "sys-wide", python=python)
@@ -251,7 +251,7 @@ def test_user_refuses_a_copy_that_jupyter_path_would_hide(spec_dirs, jupyter_dir
 
 
 def test_user_on_a_spec_already_in_the_user_folder_installs_in_place(jupyter_dirs):
-    folder = make_spec(jupyter_dirs["JUPYTER_DATA_DIR"], "mine", IRKERNEL_SPEC)
+    folder = write_spec(jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels", "mine", IRKERNEL_SPEC)
     done = run_cli("install", "--user", "mine")
     assert done.returncode == 0, done.stderr
     assert load(folder)["argv"] == proxy_argv(sys.executable)
@@ -270,7 +270,7 @@ HAND_PROXIED_SPEC = {
 
 
 def test_list_and_install_say_where_the_proxy_runs_and_what_restart_does(jupyter_dirs):
-    folders = make_specs(jupyter_dirs["JUPYTER_PATH"], {"slurm": SRUN_SPEC, "by-hand": HAND_PROXIED_SPEC})
+    folders = write_specs(jupyter_dirs["JUPYTER_PATH"] / "kernels", {"slurm": SRUN_SPEC, "by-hand": HAND_PROXIED_SPEC})
     inside = "the proxy runs inside srun: %restart restarts only the kernel and keeps the job"
     assert inside in run_cli("list").stdout
     groups = listed()
@@ -289,7 +289,7 @@ def test_list_and_install_say_where_the_proxy_runs_and_what_restart_does(jupyter
 
 
 def test_install_outside_and_remove_round_trip(jupyter_dirs):
-    folder = make_spec(jupyter_dirs["JUPYTER_PATH"], "slurm", SRUN_SPEC)
+    folder = write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "slurm", SRUN_SPEC)
     before = load(folder)
     done = run_cli("install", "--outside", "slurm")
     assert done.returncode == 0, done.stderr

@@ -18,12 +18,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .helpers import descendants_of, execute, needs, running, stdout_of
-from .spec_helpers import PYTHON_SPEC, load, make_spec, run_cli
+from .helpers import descendants, execute, kernel_pid, needs, running, stdout_of
+from .spec_helpers import IPYKERNEL_ARGV, PYTHON_SPEC, load, run_cli, write_spec
 
 pytestmark = pytest.mark.timeout(240)
 
-IPYKERNEL_CMD = f"{sys.executable} -m ipykernel_launcher -f {{connection_file}}"
+IPYKERNEL_CMD = " ".join(IPYKERNEL_ARGV)
 
 
 def cli_ok(*args: str) -> str:
@@ -34,16 +34,15 @@ def cli_ok(*args: str) -> str:
 
 def processes_running(km, module: str) -> list[int]:
     """Pids of ``python -m module`` among the kernel Jupyter started and its descendants."""
-    tree = [psutil.Process(km.provisioner.pid), *descendants_of(km.provisioner.pid)]
+    tree = [psutil.Process(km.provisioner.pid), *descendants(km.provisioner.pid)]
     return sorted(p.pid for p in tree if p.cmdline()[1:3] == ["-m", module])
 
 
 def python_restarts_in_place(km, kc) -> None:
     """%restart gives a fresh Python kernel behind the same client and the same top process."""
     top = km.provisioner.pid
-    reply, outputs = execute(kc, "import os\nkept = 1\nprint(os.getpid())")
-    assert reply["content"]["status"] == "ok", reply
-    before = int(stdout_of(outputs))
+    assert execute(kc, "kept = 1")[0]["content"]["status"] == "ok"
+    before = kernel_pid(kc)
     reply, _ = execute(kc, "%restart", timeout=90)
     assert reply["content"]["status"] == "ok", reply
     reply, outputs = execute(kc, "import os\nprint(os.getpid(), 'kept' in globals())")
@@ -67,7 +66,7 @@ def add_remote_ikernel(*args: str) -> str:
 
 
 def test_end_to_end_install_start_restart_remove(jupyter_dirs):
-    folder = make_spec(jupyter_dirs["JUPYTER_PATH"], "e2e", {k: v for k, v in PYTHON_SPEC.items() if k != "extra_field"})
+    folder = write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "e2e", {k: v for k, v in PYTHON_SPEC.items() if k != "extra_field"})
     before = load(folder)
     cli_ok("install", "e2e")
     with running("e2e") as (km, kc):
@@ -192,7 +191,7 @@ def test_the_proxy_in_front_of_a_remote_ikernel_spec_relaunches_the_remote_kerne
 def test_remote_ikernel_launching_a_proxied_spec_restarts_only_the_remote_kernel(jupyter_dirs, tmp_path, interface):
     """The other order: the proxy runs on the compute node, so --resource-dir is a path there."""
     needs(importlib.util.find_spec("remote_ikernel"), "remote_ikernel is needed")
-    node_spec = make_spec(jupyter_dirs["JUPYTER_DATA_DIR"], "node-py", {k: v for k, v in PYTHON_SPEC.items() if k != "extra_field"})
+    node_spec = write_spec(jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels", "node-py", {k: v for k, v in PYTHON_SPEC.items() if k != "extra_field"})
     cli_ok("install", "node-py")
     proxy_cmd = f"{sys.executable} -m inplace_restarter -f {{connection_file}} --resource-dir={node_spec}"
     name = add_remote_ikernel(*interface, "--name=proxied node", f"--kernel_cmd={proxy_cmd}")

@@ -8,34 +8,25 @@ import shutil
 import signal
 import socket
 import stat
-import time
+from pathlib import Path
 
 import psutil
 import pytest
 from jupyter_client.connect import write_connection_file
-from jupyter_client.manager import KernelManager
 
 from inplace_restarter.inner import kill_if_running, prelaunch
 
-from .helpers import execute, inner_pid, proxied, running, stdout_of, write_spec
-
-
-def gone_within(pids: list[int], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids):
-            return True
-        time.sleep(0.05)
-    return False
+from .helpers import ended, execute, inner_pid, needs, running, stdout_of
+from .spec_helpers import proxied, write_spec
 
 
 def test_the_inner_kernel_gets_a_private_loopback_connection_with_the_clients_key(proxy):
     km, kc = proxy
     _, outputs = execute(kc, "from ipykernel.connect import get_connection_file; print(get_connection_file())")
     path = stdout_of(outputs).strip()
-    info = json.loads(open(path).read())
+    info = json.loads(Path(path).read_text())
     assert info["ip"] == "127.0.0.1" and info["transport"] == "tcp"
-    ephemeral_low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = [info[name] for name in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")]
     assert len(set(ports)) == 5 and all(port < ephemeral_low for port in ports), "clear of connect()'s source ports"
     assert info["key"] == km.session.key.decode(), "signs its output for the client"
@@ -49,7 +40,7 @@ def test_shutdown_request_shuts_the_inner_kernel_down_and_removes_its_files(spec
         _, outputs = execute(kc, "from ipykernel.connect import get_connection_file; print(get_connection_file())")
         folder = os.path.dirname(stdout_of(outputs).strip())
         km.shutdown_kernel()
-        assert gone_within([pid], 2)
+        ended([pid])
     assert not os.path.exists(folder)
 
 
@@ -58,7 +49,7 @@ def test_a_proxy_killed_by_a_signal_leaves_no_inner_kernel(specs, signum):
     with running("proxied") as (km, kc):
         pid = inner_pid(km)
         os.kill(km.provisioner.pid, signum)
-        assert gone_within([km.provisioner.pid, pid], 2)
+        ended([km.provisioner.pid, pid])
 
 
 def test_a_restarted_kernel_is_also_taken_down_with_the_proxy(specs):
@@ -66,34 +57,24 @@ def test_a_restarted_kernel_is_also_taken_down_with_the_proxy(specs):
         execute(kc, "%restart")
         pid = inner_pid(km)
         os.kill(km.provisioner.pid, signal.SIGKILL)
-        assert gone_within([pid], 2)
+        ended([pid])
 
 
 def test_transport_encryption_from_the_client_is_honoured(kernels_dir):
-    from .helpers import proxied, write_spec
-
     write_spec(kernels_dir, "curve", proxied(metadata={"supported_encryption": "curve"}))
-    km = KernelManager(kernel_name="curve", transport_encryption="required")
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
+    with running("curve", manager={"transport_encryption": "required"}) as (km, kc):
         assert km.curve_publickey is not None
         reply, outputs = execute(kc, "print('secret')")
         assert stdout_of(outputs) == "secret\n"
         reply, outputs = execute(kc, "%restart\nprint('still secret')")
         assert stdout_of(outputs).endswith("still secret\n")
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def test_a_proxy_cleans_up_the_folders_of_proxies_killed_before_it(specs, jupyter_dirs):
     with running("proxied") as (km, kc):
         proxy_pid = km.provisioner.pid
         os.kill(proxy_pid, signal.SIGKILL)
-        assert gone_within([proxy_pid], 2)
+        ended([proxy_pid])
     runtime = jupyter_dirs["JUPYTER_RUNTIME_DIR"]
     left = list(runtime.glob(f"inplace-restarter-{socket.gethostname()}-{proxy_pid}-*"))
     assert left, "SIGKILL leaves the killed proxy's folder behind"
@@ -123,7 +104,7 @@ def test_the_inner_kernel_is_launched_first_with_the_key_of_the_clients_connecti
     argv = [arg.format(file=connection_file) for arg in option] + ["--resource-dir", str(kernels_dir / "proxied")]
     manager, folder = prelaunch(argv)
     try:
-        info = json.loads(open(manager.connection_file).read())
+        info = json.loads(Path(manager.connection_file).read_text())
         assert (info["key"], info["signature_scheme"]) == ("the client's key", "hmac-sha512")
         assert manager.provisioner.process.poll() is None
     finally:
@@ -151,10 +132,9 @@ def test_a_proxy_on_another_host_sharing_the_runtime_folder_keeps_its_folder(spe
     A proxy starting on this host must leave B's folder alone: B's next
     %restart writes its new kernel's connection file there.
     """
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("unshare and root are needed for a second host's namespaces")
+    needs(shutil.which("unshare") and os.geteuid() == 0, "unshare and root are needed for a second host's namespaces")
     last = unused_pid() - 1
-    node_b = 'hostname nodeb && echo {} > /proc/sys/kernel/ns_last_pid && "$@"'.format(last)
+    node_b = f'hostname nodeb && echo {last} > /proc/sys/kernel/ns_last_pid && "$@"'
     write_spec(kernels_dir, "on-nodeb", {
         **proxied(),
         "argv": ["unshare", "--uts", "--pid", "--fork", "--mount-proc", "sh", "-c", node_b, "sh", *proxied()["argv"]],

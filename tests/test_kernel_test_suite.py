@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jupyter_kernel_test
 
-from .helpers import direct, proxied, write_spec
+from .spec_helpers import direct, proxied, write_spec
 
 
 class IPythonSamples(jupyter_kernel_test.KernelTests):

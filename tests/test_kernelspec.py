@@ -10,15 +10,6 @@ import warnings
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
-from .spec_helpers import (
-    IJULIA_SPEC,
-    IRKERNEL_SPEC,
-    LEGACY_SPEC,
-    NO_CONNECTION_FILE_SPEC,
-    PYTHON_SPEC,
-    load,
-    make_spec,
-)
 
 from inplace_restarter.kernelspec import (
     INSTALLABLE,
@@ -38,6 +29,16 @@ from inplace_restarter.kernelspec import (
     unwrapped,
     wrapped,
     write_kernel_json,
+)
+
+from .spec_helpers import (
+    IJULIA_SPEC,
+    IRKERNEL_SPEC,
+    LEGACY_SPEC,
+    NO_CONNECTION_FILE_SPEC,
+    PYTHON_SPEC,
+    load,
+    write_spec,
 )
 
 
@@ -118,7 +119,7 @@ def test_remove_on_a_spec_that_is_not_installed_is_an_error():
 
 def test_a_rewritten_spec_loads_through_kernelspecmanager_without_warning(jupyter_dirs):
     plain = {k: v for k, v in PYTHON_SPEC.items() if k != "extra_field"}
-    folder = make_spec(jupyter_dirs["JUPYTER_PATH"], "rewritten", plain)
+    folder = write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "rewritten", plain)
     write_kernel_json(folder, wrapped(plain, sys.executable))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -128,13 +129,13 @@ def test_a_rewritten_spec_loads_through_kernelspecmanager_without_warning(jupyte
 
 
 def test_why_not_a_top_level_key_jupyter_client_warns_about_the_0_1_0_form(jupyter_dirs):
-    make_spec(jupyter_dirs["JUPYTER_PATH"], "legacy", LEGACY_SPEC)
+    write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "legacy", LEGACY_SPEC)
     with pytest.warns(DeprecationWarning, match="restarter_original_argv"):
         KernelSpecManager().get_kernel_spec("legacy")
 
 
 def test_write_is_atomic_keeps_the_permission_bits_and_leaves_no_temporary_file(jupyter_dirs):
-    folder = make_spec(jupyter_dirs["JUPYTER_PATH"], "perm", PYTHON_SPEC)
+    folder = write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "perm", PYTHON_SPEC)
     os.chmod(folder / "kernel.json", 0o640)
     inode = (folder / "kernel.json").stat().st_ino
     write_kernel_json(folder, wrapped(PYTHON_SPEC, sys.executable))
@@ -144,7 +145,7 @@ def test_write_is_atomic_keeps_the_permission_bits_and_leaves_no_temporary_file(
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(jupyter_dirs):
-    folder = make_spec(jupyter_dirs["JUPYTER_PATH"], "fail", PYTHON_SPEC)
+    folder = write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "fail", PYTHON_SPEC)
     with pytest.raises(TypeError):
         write_kernel_json(folder, {"argv": [object()]})
     assert load(folder) == PYTHON_SPEC
@@ -152,7 +153,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(jupyter_dirs):
 
 
 def test_read_errors_name_the_file(jupyter_dirs):
-    folder = make_spec(jupyter_dirs["JUPYTER_PATH"], "broken", '{"argv": [')
+    folder = write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "broken", '{"argv": [')
     with pytest.raises(SpecError, match=f"{folder / 'kernel.json'} is not valid JSON"):
         read_kernel_json(folder)
     with pytest.raises(SpecError, match="does not exist"):
@@ -160,9 +161,9 @@ def test_read_errors_name_the_file(jupyter_dirs):
 
 
 def test_survey_finds_specs_in_every_jupyter_folder_through_kernelspecmanager(jupyter_dirs):
-    make_spec(jupyter_dirs["JUPYTER_PATH"], "in-path", PYTHON_SPEC)
-    make_spec(jupyter_dirs["JUPYTER_DATA_DIR"], "in-user", IRKERNEL_SPEC)
-    make_spec(jupyter_dirs["JUPYTER_DATA_DIR"], "broken", "not json")
+    write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "in-path", PYTHON_SPEC)
+    write_spec(jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels", "in-user", IRKERNEL_SPEC)
+    write_spec(jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels", "broken", "not json")
     found = {e.name: e for e in survey()}
     assert found["in-path"].state == INSTALLABLE
     assert found["in-user"].resource_dir == jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels" / "in-user"
@@ -268,7 +269,7 @@ def test_remote_ikernel_with_a_batch_interface_runs_the_proxy_in_its_kernel_comm
     [
         ["srun", "-N1", *PROXY],
         ["ssh", "node", "python3", "-m", "inplace_restarter", "-f", "{connection_file}"],
-        [sys.executable, "-m", "remote_ikernel", "--interface=slurm", f"--kernel_cmd=python -m inplace_restarter -f {{host_connection_file}}", "{connection_file}"],
+        [sys.executable, "-m", "remote_ikernel", "--interface=slurm", "--kernel_cmd=python -m inplace_restarter -f {host_connection_file}", "{connection_file}"],
     ],
 )
 def test_a_spec_running_the_proxy_anywhere_is_never_wrapped_again(argv):

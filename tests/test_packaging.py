@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import IPYKERNEL_ARGV, direct, write_spec
-from .spec_helpers import load, venv_seeing_ours
+from .spec_helpers import IPYKERNEL_ARGV, direct, load, venv_seeing_ours, write_spec
 
 REPO = Path(__file__).resolve().parent.parent
 

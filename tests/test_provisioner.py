@@ -25,15 +25,16 @@ import pytest
 from inplace_restarter.provisioner import ENV_NAME, PROVISIONER_NAME
 
 from .helpers import (
-    direct,
+    ended,
     execute,
     inner_pid,
-    inner_pids,
-    proxied,
+    kernel_pid,
     running,
     stdout_of,
-    write_spec,
+    wait_for_inner_count,
+    wait_until,
 )
+from .spec_helpers import direct, proxied, write_spec
 
 ROOT = Path(__file__).parents[1]
 
@@ -56,20 +57,10 @@ def environment_variable(kc, name: str) -> str:
     return stdout_of(outputs).strip()
 
 
-def gone(pid: int, timeout: float = 10) -> bool:
-    try:
-        psutil.Process(pid).wait(timeout)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        return False
-    return True
-
-
 def restarted_the_ordinary_way(km, kc, old_pid: int) -> None:
     """A new process replaced ``old_pid``, which is gone, and the kernel answers."""
     assert km.provisioner.pid != old_pid
-    assert gone(old_pid)
+    ended([old_pid])
     kc.wait_for_ready(timeout=60)
     assert execute(kc, "print('back')")[0]["content"]["status"] == "ok"
 
@@ -90,7 +81,7 @@ def test_restart_kernel_restarts_the_inner_kernel_and_keeps_the_proxy(button, tm
     assert reply["content"]["ename"] == "NameError"
     assert km.provisioner.pid == proxy and psutil.Process(proxy).is_running()
     assert inner_pid(km) != inner
-    assert gone(inner)
+    ended([inner])
     assert (km.kernel_id, km.connection_file) == (kernel_id, connection_file)
     assert Path(connection_file).read_text() == connection
     assert km.is_alive()
@@ -122,7 +113,7 @@ def test_shutdown_still_ends_the_proxy_and_its_kernel(button):
     km, _ = button
     proxy, inner = km.provisioner.pid, inner_pid(km)
     km.shutdown_kernel()
-    assert gone(proxy) and gone(inner)
+    ended([proxy, inner])
     assert not km.is_alive()
 
 
@@ -131,17 +122,14 @@ def test_restart_now_is_the_ordinary_restart(button):
     proxy, inner = km.provisioner.pid, inner_pid(km)
     km.restart_kernel(now=True)
     restarted_the_ordinary_way(km, kc, proxy)
-    assert gone(inner)
+    ended([inner])
 
 
 def test_a_dead_proxy_is_restarted_the_ordinary_way(button):
     km, kc = button
     proxy = km.provisioner.pid
     os.kill(proxy, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while km.is_alive():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: not km.is_alive(), "the killed proxy to be seen dead")
     km.restart_kernel()
     restarted_the_ordinary_way(km, kc, proxy)
 
@@ -159,7 +147,7 @@ def test_a_proxy_that_does_not_answer_gets_the_ordinary_restart(kernels_dir):
             except ProcessLookupError:
                 pass
         restarted_the_ordinary_way(km, kc, proxy)
-        assert gone(inner)
+        ended([inner])
 
 
 def test_a_kernel_that_is_not_proxied_restarts_as_with_the_local_provisioner(kernels_dir):
@@ -185,14 +173,10 @@ def test_with_standby_the_restart_swaps_to_the_spare(kernels_dir):
     spec["argv"].append("--standby")
     write_spec(kernels_dir, "standby", spec)
     with running("standby") as (km, kc):
-        current = int(stdout_of(execute(kc, "import os; print(os.getpid())")[1]))
-        deadline = time.monotonic() + 30
-        while len(inner_pids(km)) != 2:
-            assert time.monotonic() < deadline, inner_pids(km)
-            time.sleep(0.1)
-        spare = (inner_pids(km) - {current}).pop()
+        current = kernel_pid(kc)
+        spare = (wait_for_inner_count(km, 2) - {current}).pop()
         km.restart_kernel()
-        assert int(stdout_of(execute(kc, "import os; print(os.getpid())")[1])) == spare
+        assert kernel_pid(kc) == spare
 
 
 @pytest.mark.timeout(300)

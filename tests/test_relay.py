@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import execute, reply_to, running
+from .helpers import execute, iopub_until, iopub_until_idle, reply_to, running, stream_text
 
 #: Cells whose iopub output covers every output message type.
 CORPUS = [
@@ -58,7 +58,7 @@ def test_the_transcript_through_the_proxy_equals_the_direct_one(specs):
         expected = transcript(kc)
     with running("proxied") as (_, kc):
         actual = transcript(kc)
-    for (code, want_reply, want_outputs), (_, reply, outputs) in zip(expected, actual):
+    for (code, want_reply, want_outputs), (_, reply, outputs) in zip(expected, actual, strict=True):
         assert outputs == want_outputs, code
         assert reply == want_reply, code
 
@@ -68,9 +68,7 @@ def test_output_carries_the_clients_own_request_as_parent(proxy):
     execute(kc, "pass")  # past the kernel_info replies of start-up
     msg_id = kc.execute("print(1)")
     assert kc.get_shell_msg(timeout=10)["parent_header"]["msg_id"] == msg_id
-    seen = [kc.get_iopub_msg(timeout=10)]
-    while seen[-1]["msg_type"] != "status" or seen[-1]["content"]["execution_state"] != "idle":
-        seen.append(kc.get_iopub_msg(timeout=10))
+    seen = iopub_until_idle(kc, msg_id, everything=True)
     assert [m["msg_type"] for m in seen] == ["status", "execute_input", "stream", "status"]
     assert all(m["parent_header"]["msg_id"] == msg_id for m in seen)
     assert all(m["header"]["session"] == seen[0]["header"]["session"] for m in seen), "one kernel session"
@@ -79,14 +77,7 @@ def test_output_carries_the_clients_own_request_as_parent(proxy):
 def messages_of(kc, code: str) -> list[dict]:
     """The reply and every iopub message of one cell, as the client received them."""
     msg_id = kc.execute(code)
-    seen = [reply_to(kc, msg_id)]
-    while True:
-        msg = kc.get_iopub_msg(timeout=10)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        seen.append(msg)
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return seen
+    return [reply_to(kc, msg_id, timeout=30), *iopub_until_idle(kc, msg_id)]
 
 
 SESSION_OF_KERNEL = "print(get_ipython().kernel.session.session)"
@@ -112,29 +103,39 @@ def test_a_restart_cell_ends_in_the_new_kernels_session(proxy):
     assert reply["header"]["session"] == idle["header"]["session"] == new_session
 
 
-#: A cell that makes the inner kernel publish, before its real output, an idle
-#: for the cell and a comm_open that it did not sign, and a message whose
-#: parent is not JSON.
-FORGERIES = """
+def forgeries(release) -> str:
+    """A cell that makes the inner kernel publish, before its real output, an idle for the cell and a
+    comm_open that it did not sign, and a message whose parent is not JSON; then it prints "forged" and
+    waits for ``release`` before it prints "after"."""
+    return f"""
 k = get_ipython().kernel
 s = k.session
 parent = s.pack(k.get_parent()["header"])
 def unsigned(msg_type, content):
-    return [msg_type.encode(), b"<IDS|MSG>", b"0" * 64, s.pack(s.msg_header(msg_type)), parent, b"{}", content]
-k.iopub_socket.send_multipart(unsigned("status", b'{"execution_state": "idle"}'))
-k.iopub_socket.send_multipart(unsigned("comm_open", b'{"comm_id": "forged", "target_name": "t", "data": {}}'))
-k.iopub_socket.send_multipart([b"execute_input", b"<IDS|MSG>", b"", s.pack(s.msg_header("execute_input")), b"not json", b"{}", b"{}"])
-import time; time.sleep(0.3)
+    return [msg_type.encode(), b"<IDS|MSG>", b"0" * 64, s.pack(s.msg_header(msg_type)), parent, b"{{}}", content]
+k.iopub_socket.send_multipart(unsigned("status", b'{{"execution_state": "idle"}}'))
+k.iopub_socket.send_multipart(unsigned("comm_open", b'{{"comm_id": "forged", "target_name": "t", "data": {{}}}}'))
+k.iopub_socket.send_multipart([b"execute_input", b"<IDS|MSG>", b"", s.pack(s.msg_header("execute_input")), b"not json", b"{{}}", b"{{}}"])
+print("forged", flush=True)
+import os, time
+while not os.path.exists({str(release)!r}):
+    time.sleep(0.01)
 print("after")
 """
 
 
-def test_what_the_inner_kernel_did_not_sign_or_garbled_is_dropped_and_relaying_goes_on(proxy):
+def test_what_the_inner_kernel_did_not_sign_or_garbled_is_dropped_and_relaying_goes_on(proxy, tmp_path):
     _, kc = proxy
-    reply, *iopub = messages_of(kc, FORGERIES)
+    msg_id = kc.execute(forgeries(tmp_path / "release"))
+    # The marker: "forged" relayed means the proxy has read the forgeries before it; if it had taken
+    # the forged idle for the cell's end, its idle would be out now, while the cell still runs.
+    before = iopub_until(kc, msg_id, lambda m: m["msg_type"] == "stream" and "forged" in m["content"]["text"])
+    (tmp_path / "release").touch()
+    reply = reply_to(kc, msg_id, timeout=30)
+    iopub = before + iopub_until_idle(kc, msg_id)
     assert reply["content"]["status"] == "ok"
-    assert [m["msg_type"] for m in iopub] == ["status", "execute_input", "stream", "status"], "idle after the output"
-    assert iopub[2]["content"]["text"] == "after\n"
+    assert [m["msg_type"] for m in iopub] == ["status", "execute_input", "stream", "stream", "status"], "idle after the output"
+    assert stream_text(iopub, "stdout") == "forged\nafter\n"
     restart = messages_of(kc, "%restart")
     assert not [m for m in restart if m["msg_type"] == "comm_close"], "the forged comm was never taken as open"
     reply, outputs = execute(kc, "print('still relaying')")

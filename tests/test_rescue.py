@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+from pathlib import Path
 
-import psutil
 import pytest
 
-from .helpers import execute, inner_pid, proxied, reply_to, running, write_spec
-
-
-def stderr_of(outputs: list[dict]) -> str:
-    return "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+from .helpers import (
+    execute,
+    inner_pid,
+    inner_pids,
+    marker_cell,
+    reply_to,
+    running,
+    stderr_of,
+    wait_for_file,
+    wait_for_stream,
+    wait_until,
+)
+from .spec_helpers import proxied, write_spec
 
 
 def start_proxy(kernels_dir, *options: str, **fields):
@@ -23,17 +30,10 @@ def start_proxy(kernels_dir, *options: str, **fields):
     return running("p")
 
 
-def wait_for_new_inner(km, old: int, seconds: float) -> int:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            pid = inner_pid(km)
-        except (AssertionError, psutil.NoSuchProcess):
-            pid = old
-        if pid != old:
-            return pid
-        time.sleep(0.05)
-    raise AssertionError(f"no new inner kernel within {seconds} s")
+def wait_for_new_inner(km, old: int) -> int:
+    """The pid of the one kernel behind the proxy once it is not ``old``."""
+    [pid] = wait_until(lambda: [pids.pop()] if len(pids := inner_pids(km) - {old}) == 1 else None, "a new inner kernel")
+    return pid
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_a_kernel_killed_while_idle_is_restarted_at_once_and_the_next_cell_says_
     km, kc = proxy
     before = inner_pid(km)
     os.kill(before, signal.SIGKILL)
-    wait_for_new_inner(km, before, 1)
+    wait_for_new_inner(km, before)  # with no request from the client
     reply, outputs = execute(kc, "print('alive')")
     assert reply["content"]["status"] == "ok"
     assert "The kernel died of SIGKILL at" in stderr_of(outputs)
@@ -88,18 +88,20 @@ def test_restarts_stop_past_the_limit_until_the_user_restarts(kernels_dir, jupyt
         assert km.is_alive() and inner_pid(km)
 
 
-SPIN_IGNORING_SIGINT = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+def spinning_ignoring_sigint(started: Path) -> str:
+    """A cell that ignores SIGINT, then says so by creating ``started``, and spins for ever."""
+    return "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n" + marker_cell(started, "while True:\n    pass")
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("interrupt_mode", ["signal", "message"])
-def test_a_hung_kernel_is_restarted_by_a_second_interrupt(kernels_dir, interrupt_mode):
+def test_a_hung_kernel_is_restarted_by_a_second_interrupt(kernels_dir, tmp_path, interrupt_mode):
     with start_proxy(kernels_dir, "--RescuePolicy.interrupt_grace=1", interrupt_mode=interrupt_mode) as (km, kc):
         before = inner_pid(km)
-        msg_id = kc.execute(SPIN_IGNORING_SIGINT)
-        time.sleep(1)
+        msg_id = kc.execute(spinning_ignoring_sigint(tmp_path / "spinning"))
+        wait_for_file(tmp_path / "spinning")
         km.interrupt_kernel()
-        warning = wait_for_stream(kc, msg_id, "does not respond to interrupts", timeout=5)
+        warning = wait_for_stream(kc, msg_id, "does not respond to interrupts")
         assert "Interrupt again to restart it in place" in warning
         assert inner_pid(km) == before, "not restarted before the user asks"
 
@@ -112,22 +114,13 @@ def test_a_hung_kernel_is_restarted_by_a_second_interrupt(kernels_dir, interrupt
 
 
 @pytest.mark.timeout(60)
-def test_a_hung_kernel_can_be_restarted_automatically(kernels_dir):
+def test_a_hung_kernel_can_be_restarted_automatically(kernels_dir, tmp_path):
     options = ("--RescuePolicy.interrupt_grace=1", "--RescuePolicy.restart_hung=True")
     with start_proxy(kernels_dir, *options) as (km, kc):
         before = inner_pid(km)
-        msg_id = kc.execute(SPIN_IGNORING_SIGINT)
-        time.sleep(1)
+        msg_id = kc.execute(spinning_ignoring_sigint(tmp_path / "spinning"))
+        wait_for_file(tmp_path / "spinning")
         km.interrupt_kernel()
         reply = reply_to(kc, msg_id, timeout=10)
         assert reply["content"]["ename"] == "DeadKernelError"
         assert inner_pid(km) != before
-
-
-def wait_for_stream(kc, msg_id: str, text: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = kc.get_iopub_msg(timeout=timeout)
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream" and text in msg["content"]["text"]:
-            return msg["content"]["text"]
-    raise AssertionError(f"no {text!r} within {timeout} s")

@@ -13,12 +13,12 @@ import shutil
 import pytest
 
 from .e2e.conftest import SERVER_EXTENSION_CONFIG
-from .spec_helpers import LEGACY_SPEC, PYTHON_SPEC, make_specs, run_cli
+from .spec_helpers import LEGACY_SPEC, PYTHON_SPEC, run_cli, write_specs
 
 
 @pytest.fixture
 def spec_dirs(jupyter_dirs):
-    make_specs(jupyter_dirs["JUPYTER_PATH"], {"py": PYTHON_SPEC, "old": LEGACY_SPEC})
+    write_specs(jupyter_dirs["JUPYTER_PATH"] / "kernels", {"py": PYTHON_SPEC, "old": LEGACY_SPEC})
     assert run_cli("install", "py").returncode == 0
 
 

@@ -11,15 +11,13 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
-from inplace_restarter.kernelspec import METADATA_KEY
+from inplace_restarter.kernelspec import METADATA_KEY, proxy_argv
 
-from .helpers import PYTHON, execute, reply_to, stdout_of
-from .spec_helpers import load, make_spec, run_cli
+from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream
+from .spec_helpers import load, run_cli, write_spec
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,11 +27,13 @@ SRUN_SPEC = {
     "language": "python",
 }
 WHERE = "import os\nprint(os.environ['SLURM_JOB_ID'], os.getpid(), os.getppid())"
+#: A cell that says it runs, then sleeps far longer than any test: the marker to interrupt it on.
+SLEEPING = "import time\nprint('sleeping', flush=True)\ntime.sleep(600)"
 
 
 @pytest.fixture
 def srun_spec(jupyter_dirs):
-    return make_spec(jupyter_dirs["JUPYTER_PATH"], "slurm-py", SRUN_SPEC)
+    return write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "slurm-py", SRUN_SPEC)
 
 
 def installed(*options: str) -> str:
@@ -42,16 +42,9 @@ def installed(*options: str) -> str:
     return done.stdout
 
 
-@contextmanager
 def running_in_job(cluster, name: str = "slurm-py"):
     """Start the kernel as Jupyter does; shut it down as Jupyter does (a shutdown_request, not a kill)."""
-    km, kc = start_new_kernel(kernel_name=name, startup_timeout=120)
-    try:
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        if km.is_alive():
-            km.shutdown_kernel()
+    return running(name, startup_timeout=120, graceful=True)
 
 
 def where(kc) -> tuple[str, int, int]:
@@ -89,7 +82,7 @@ def test_install_puts_the_proxy_inside_srun_with_interrupts_by_message(srun_spec
     assert "the proxy runs inside srun: %restart restarts only the kernel and keeps the job" in out
     spec = load(srun_spec)
     assert spec["argv"][:4] == SRUN_SPEC["argv"][:4]
-    assert spec["argv"][4:] == [PYTHON, "-m", "inplace_restarter", "-f", "{connection_file}", "--resource-dir={resource_dir}"]
+    assert spec["argv"][4:] == proxy_argv(PYTHON)
     assert spec["interrupt_mode"] == "message", "srun takes SIGINT as a status request"
     assert spec["metadata"][METADATA_KEY]["inner_argv"] == SRUN_SPEC["argv"][4:]
     done = run_cli("remove", "slurm-py")
@@ -112,8 +105,8 @@ def test_restart_keeps_the_job_and_interrupt_and_shutdown_leave_no_job(srun_spec
         assert new_pid != pid
         print(f"%restart inside srun: {restart_seconds:.2f} s")
 
-        msg_id = kc.execute("import time; time.sleep(600)")
-        wait_for_busy(kc, msg_id)
+        msg_id = kc.execute(SLEEPING)
+        wait_for_stream(kc, msg_id, "sleeping")
         km.interrupt_kernel()
         reply = reply_to(kc, msg_id, timeout=30)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
@@ -121,37 +114,17 @@ def test_restart_keeps_the_job_and_interrupt_and_shutdown_leave_no_job(srun_spec
     print(f"queue empty {slurm.wait_for_empty_queue(15):.1f} s after shutdown")
 
 
-def wait_for_busy(kc, msg_id: str, timeout: float = 30) -> None:
-    """Wait until the cell ``msg_id`` is running (its execute_input is out)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = kc.get_iopub_msg(timeout=deadline - time.monotonic())
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
-            return
-    raise AssertionError("the cell did not start")
-
-
-def iopub_text(kc, msg_id: str, text: str, timeout: float = 60) -> None:
-    """Wait for ``text`` in a stream the cell ``msg_id`` writes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = kc.get_iopub_msg(timeout=deadline - time.monotonic())
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream" and text in msg["content"]["text"]:
-            return
-    raise AssertionError(f"{text!r} was not written")
-
-
 def test_a_hung_kernel_is_rescued_inside_the_job_and_shutdown_leaves_no_job(srun_spec, slurm):
     installed()
     spec = load(srun_spec)
     spec["argv"].append("--RescuePolicy.interrupt_grace=1")
-    (srun_spec / "kernel.json").write_text(__import__("json").dumps(spec))
+    write_spec(srun_spec.parent, "slurm-py", spec)
     with running_in_job(slurm) as (km, kc):
         job, pid, _ = where(kc)
-        msg_id = kc.execute("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(600)")
-        wait_for_busy(kc, msg_id)
+        msg_id = kc.execute("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n" + SLEEPING)
+        wait_for_stream(kc, msg_id, "sleeping")
         km.interrupt_kernel()
-        iopub_text(kc, msg_id, "does not respond to interrupts")
+        wait_for_stream(kc, msg_id, "does not respond to interrupts", timeout=60)
         km.interrupt_kernel()
         reply = reply_to(kc, msg_id, timeout=60)
         assert reply["content"]["status"] == "error"
@@ -183,12 +156,9 @@ def test_outside_srun_restart_starts_a_new_job_and_the_old_one_ends(srun_spec, s
         assert reply["content"]["status"] == "ok", reply
         new_job, new_pid, _ = where(kc)
         assert new_job != job and new_pid != pid
-        deadline = time.monotonic() + 15
-        while job in {j["id"] for j in slurm.jobs()}:
-            assert time.monotonic() < deadline, f"the old job {job} is still in the queue"
-            time.sleep(0.2)
-        msg_id = kc.execute("import time; time.sleep(600)")
-        wait_for_busy(kc, msg_id)
+        slurm.wait_for_job_gone(job)
+        msg_id = kc.execute(SLEEPING)
+        wait_for_stream(kc, msg_id, "sleeping")
         km.interrupt_kernel()
         assert reply_to(kc, msg_id, timeout=30)["content"]["ename"] == "KeyboardInterrupt"
     slurm.wait_for_empty_queue(15)

@@ -13,17 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import execute, proxied, reply_to, running, wait_for_file, write_spec
+from .helpers import execute, iopub_until_idle, marker_cell, reply_to, running, send, wait_for_file
+from .spec_helpers import proxied, write_spec
 
 
 def control(kc, msg_type: str, **content) -> dict:
     """Send a control request; its reply's content."""
-    msg = kc.session.msg(msg_type, content)
-    kc.control_channel.send(msg)
-    while True:
-        reply = kc.control_channel.get_msg(timeout=30)
-        if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
-            return reply["content"]
+    return reply_to(kc, send(kc, "control", msg_type, content), timeout=30, channel="control")["content"]
 
 
 def create_subshell(kc) -> str:
@@ -35,31 +31,13 @@ def create_subshell(kc) -> str:
 def on_subshell(kc, subshell_id: str, code: str) -> str:
     """Send an execute request to a subshell; its msg_id."""
     content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}}
-    msg = kc.session.msg("execute_request", {**content, "allow_stdin": False, "stop_on_error": True})
-    msg["header"]["subshell_id"] = subshell_id
-    kc.shell_channel.send(msg)
-    return msg["header"]["msg_id"]
-
-
-def iopub_of(kc, msg_id: str, timeout: float = 30) -> list[dict]:
-    """The iopub messages request ``msg_id`` caused, through its idle."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        seen.append(msg)
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return seen
+    return send(kc, "shell", "execute_request", {**content, "allow_stdin": False, "stop_on_error": True},
+                subshell_id=subshell_id)
 
 
 def blocking_cell(started: Path, release: Path) -> str:
     """Code that says it runs (``started``), then waits, interruptibly, for ``release``."""
-    return (
-        f"import os, time\nopen({str(started)!r}, 'w').close()\n"
-        f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\nprint('released')"
-    )
+    return marker_cell(started, f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\nprint('released')")
 
 
 def assert_subshell_answers_while_main_is_busy(kc, subshell_id: str, tmp_path: Path, x: int) -> float:
@@ -75,7 +53,7 @@ def assert_subshell_answers_while_main_is_busy(kc, subshell_id: str, tmp_path: P
     assert reply["parent_header"]["msg_id"] == request, "the subshell answers first: the main cell waits for the test"
     assert reply["content"]["status"] == "ok", reply["content"]
     assert reply["parent_header"]["subshell_id"] == subshell_id
-    outputs = iopub_of(kc, request)
+    outputs = iopub_until_idle(kc, request)
     [result] = [m for m in outputs if m["msg_type"] == "execute_result"]
     assert result["content"]["data"]["text/plain"] == str(x + 1)
     states = [m["content"]["execution_state"] for m in outputs if m["msg_type"] == "status"]
@@ -146,9 +124,7 @@ def test_interrupt_stops_the_main_shells_cell_and_a_subshells_runs_on_as_in_the_
         main = kc.execute(blocking_cell(main_started, tmp_path / "never"))
         wait_for_file(main_started)
 
-        interrupt = kc.session.msg("interrupt_request", {})
-        kc.control_channel.send(interrupt)
-        assert kc.control_channel.get_msg(timeout=30)["content"]["status"] == "ok"
+        assert control(kc, "interrupt_request")["status"] == "ok"
         reply = reply_to(kc, main, timeout=30)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
 
@@ -182,7 +158,7 @@ def test_restart_on_a_subshell_is_a_usage_error_and_restarts_nothing(proxy):
     request = on_subshell(kc, subshell_id, "%restart")
     reply = reply_to(kc, request)
     assert reply["content"]["ename"] == "UsageError"
-    outputs = iopub_of(kc, request)
+    outputs = iopub_until_idle(kc, request)
     assert [m["content"]["execution_state"] for m in outputs if m["msg_type"] == "status"] == ["busy", "idle"]
     [stderr] = [m["content"]["text"] for m in outputs if m["msg_type"] == "stream"]
     assert stderr.startswith("UsageError: %restart restarts the whole kernel")
@@ -200,5 +176,5 @@ def test_a_subshell_of_a_kernel_that_is_not_running_says_so(kernels_dir):
         request = on_subshell(kc, subshell_id, "1")
         reply = reply_to(kc, request)
         assert reply["content"]["ename"] == "DeadKernelError"
-        states = [m["content"]["execution_state"] for m in iopub_of(kc, request) if m["msg_type"] == "status"]
+        states = [m["content"]["execution_state"] for m in iopub_until_idle(kc, request) if m["msg_type"] == "status"]
         assert states == ["busy", "idle"]

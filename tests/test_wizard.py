@@ -15,7 +15,7 @@ from prompt_toolkit.output.plain_text import PlainTextOutput
 from inplace_restarter import wizard
 from inplace_restarter.kernelspec import METADATA_KEY, survey
 
-from .spec_helpers import IRKERNEL_SPEC, LEGACY_SPEC, NO_CONNECTION_FILE_SPEC, PYTHON_SPEC, load, make_specs, snapshot
+from .spec_helpers import IRKERNEL_SPEC, LEGACY_SPEC, NO_CONNECTION_FILE_SPEC, PYTHON_SPEC, load, snapshot, write_specs
 
 UP, DOWN, SPACE, TAB, ENTER = "\x1b[A", "\x1b[B", " ", "\t", "\r"
 
@@ -23,8 +23,8 @@ UP, DOWN, SPACE, TAB, ENTER = "\x1b[A", "\x1b[B", " ", "\t", "\r"
 @pytest.fixture
 def kernels(jupyter_dirs):
     """In list order: 'a-ir' installable, 'b-old' installed (0.1.0), 'c-py' installable, 'd-weird' unknown."""
-    return make_specs(
-        jupyter_dirs["JUPYTER_DATA_DIR"],
+    return write_specs(
+        jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels",
         {"a-ir": IRKERNEL_SPEC, "b-old": LEGACY_SPEC, "c-py": PYTHON_SPEC, "d-weird": NO_CONNECTION_FILE_SPEC},
     )
 

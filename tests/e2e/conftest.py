@@ -13,10 +13,8 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -24,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
-import psutil
 import pytest
+
+from ..helpers import descendants, free_port, processes_gone, wait_until
+from ..spec_helpers import proxied, write_spec
 
 KERNEL_NAME = "python3-inplace"
 DISPLAY_NAME = "Python 3 (in-place restart)"
@@ -48,20 +48,7 @@ CHROMIUM_ARGS = [
 
 def write_proxied_kernelspec(jupyter_path: Path, name: str = KERNEL_NAME) -> Path:
     """A kernelspec whose kernel is the proxy in front of ipykernel, as install writes it."""
-    spec = {
-        "argv": [sys.executable, "-m", "inplace_restarter", "-f", "{connection_file}", "--resource-dir={resource_dir}"],
-        "display_name": DISPLAY_NAME,
-        "language": "python",
-        "metadata": {
-            "inplace_restarter": {
-                "original_argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            }
-        },
-    }
-    spec_dir = jupyter_path / "kernels" / name
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
-    return spec_dir
+    return write_spec(jupyter_path / "kernels", name, proxied(display_name=DISPLAY_NAME))
 
 
 @pytest.fixture
@@ -79,31 +66,6 @@ def write_notebook(path: Path, sources: list[str], kernel_name: str = KERNEL_NAM
     nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
     nbformat.write(nb, str(path))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def processes_gone(procs: list[psutil.Process], what: str, timeout: float = 10) -> None:
-    """Wait for ``procs`` to end; kill and report any that outlive ``timeout``."""
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    if alive:
-        raise AssertionError(f"processes outlived {what}: {[p.pid for p in alive]}")
-
-
-def descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
 
 
 # --- Jupyter server ------------------------------------------------------------------------
@@ -168,24 +130,27 @@ def jupyter_server(app_module: str, workdir: Path, startup_timeout: float = 60, 
     (labconfig / "page_config.json").write_text(
         json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
     )
-    log = open(log_path, "wb")
     # Run from workdir: python -m puts the current folder (a checkout, say) on sys.path.
-    proc = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=workdir
-    )
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=workdir
+        )
     server = JupyterServer(proc, f"http://127.0.0.1:{port}", token, root_dir, log_path)
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"{app_module} exited with {proc.returncode} at startup:\n{server.log()[-4000:]}")
+        try:
+            server.api("/api/status")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{app_module} exited with {proc.returncode} at startup:\n{server.log()[-4000:]}")
-            try:
-                server.api("/api/status")
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{app_module} did not answer in {startup_timeout} s:\n{server.log()[-4000:]}")
-                time.sleep(0.2)
+        try:
+            wait_until(answers, f"{app_module} to answer", startup_timeout, interval=0.2)
+        except AssertionError as e:
+            pytest.fail(f"{e}:\n{server.log()[-4000:]}")
         yield server
     finally:
         children = descendants(proc.pid)
@@ -195,7 +160,6 @@ def jupyter_server(app_module: str, workdir: Path, startup_timeout: float = 60, 
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.close()
         processes_gone(children, f"the {app_module} server")
 
 

@@ -12,12 +12,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
-from .conftest import RESTART_MESSAGE, descendants, processes_gone
+from ..helpers import descendants, processes_gone, wait_until
+from .conftest import RESTART_MESSAGE
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -43,14 +43,12 @@ class Terminal:
         return self._tmux("capture-pane", "-p", "-J", "-S", "-", "-E", "-").rstrip()
 
     def wait_for(self, pattern: re.Pattern, since: int = 0, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.screen()[since:]
-            if pattern.search(text):
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{pattern.pattern!r} not on the screen after {timeout} s:\n{self.screen()}")
-            time.sleep(0.1)
+        """The screen from ``since`` on, once ``pattern`` is on it."""
+        try:
+            return wait_until(lambda: pattern.search(text := self.screen()[since:]) and text,
+                              f"{pattern.pattern!r} on the screen", timeout, interval=0.1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}:\n{self.screen()}") from None
 
     def type_line(self, line: str) -> None:
         self._tmux("send-keys", "-l", line)
@@ -66,11 +64,11 @@ class Terminal:
         return self.wait_for(PROMPT, since=mark, timeout=timeout)
 
     def exit_status(self, timeout: float = 30) -> int:
-        deadline = time.monotonic() + timeout
-        while self._tmux("display-message", "-p", "#{pane_dead}").strip() != "1":
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the program did not exit in {timeout} s:\n{self.screen()}")
-            time.sleep(0.1)
+        try:
+            wait_until(lambda: self._tmux("display-message", "-p", "#{pane_dead}").strip() == "1",
+                       "the program to exit", timeout, interval=0.1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}:\n{self.screen()}") from None
         return int(self._tmux("display-message", "-p", "#{pane_dead_status}"))
 
     def close(self) -> None:

@@ -15,27 +15,17 @@ import psutil
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from .conftest import KERNEL_NAME, descendants, jupyter_server
+from ..helpers import live_below
+from .conftest import KERNEL_NAME, jupyter_server
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def kernel_processes(server) -> tuple[int, set[int]]:
     """The proxy's pid and the pids of the kernels behind it, among the server's processes."""
-    proxies, inner = [], set()
-    for proc in descendants(server.process.pid):
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            cmdline = " ".join(proc.cmdline())
-        except psutil.NoSuchProcess:
-            continue
-        if "-m inplace_restarter" in cmdline:
-            proxies.append(proc.pid)
-        elif "ipykernel_launcher" in cmdline:
-            inner.add(proc.pid)
+    proxies = live_below(server.process.pid, "-m inplace_restarter")
     assert len(proxies) == 1, proxies
-    return proxies[0], inner
+    return proxies.pop(), live_below(server.process.pid, "ipykernel_launcher")
 
 
 def connect(jupyter_dirs, kernel_id: str) -> BlockingKernelClient:
