@@ -449,7 +449,7 @@ def bench_buffer(direct: Running, proxied: Running, mbytes: int, reps: int, log)
             echo.echoes.clear()
             t0 = time.perf_counter()
             echo.send(rep, buffers=[payload])
-            echo.client.pump(echo.handle, lambda: echo.echoes, 120, f"echo of the {mbytes} MB buffer")
+            echo.client.pump(echo.handle, lambda echo=echo: echo.echoes, 120, f"echo of the {mbytes} MB buffer")
             dt = time.perf_counter() - t0
             [(seq, buffers)] = echo.echoes
             if seq != rep or len(buffers) != 1 or bytes(buffers[0]) != payload:

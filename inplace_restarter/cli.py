@@ -85,7 +85,7 @@ def user_copy_wins(resource_dir: Path) -> bool:
 
 def plan_install(entry, user: bool = False, outside: bool = False) -> Change:
     """What installing on ``entry`` writes; SpecError says why it cannot."""
-    from .kernelspec import INSTALLED, UNKNOWN, SpecError, original_argv, place, writable, wrapped
+    from .kernelspec import INSTALLED, UNKNOWN, SpecError, original_argv, place, wrapped, writable
 
     where = entry.resource_dir / "kernel.json"
     if not entry.spec:

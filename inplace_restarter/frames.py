@@ -28,7 +28,10 @@ def send_frames(socket: zmq.Socket, frames: list, copy: bool = True) -> None:
 
 def delimiter(frames: list) -> int:
     """The index of the frame that ends the identities (or topic) of a raw message."""
-    return next(i for i, frame in enumerate(frames) if frame.bytes == DELIM)
+    for index, frame in enumerate(frames):
+        if frame.bytes == DELIM:
+            return index
+    raise ValueError("no delimiter frame in the message")
 
 
 def verified(session: Session, frames: list) -> tuple[list[bytes], str, list, list]:

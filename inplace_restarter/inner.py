@@ -149,7 +149,7 @@ def _ports() -> dict:
             except OSError:
                 continue
         ports.add(port)
-    return {"cache_ports": False, **dict(zip(PORT_NAMES, ports))}
+    return {"cache_ports": False, **dict(zip(PORT_NAMES, ports, strict=True))}
 
 
 def is_launcher(spec: KernelSpec) -> bool:
@@ -370,7 +370,7 @@ class InnerKernel(LoggingConfigurable):
             self.relay.send(msg, [], channel="control")
             try:
                 await asyncio.wait_for(asyncio.shield(self.exited), self.shutdown_grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.log.info("Inner kernel %s ignored shutdown_request; killing it", self.pid)
         if not self.launcher:
             self.kill()
@@ -378,12 +378,12 @@ class InnerKernel(LoggingConfigurable):
             signal_leader(self._process, signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.shield(self.exited), self.launcher_grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.log.warning("Launcher %s still running %g s after SIGTERM; killing it", self.pid, self.launcher_grace)
                 signal_leader(self._process, signal.SIGKILL)
         try:
             await asyncio.wait_for(asyncio.shield(self.exited), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # Only a lost loop registration of the exit watch gets here; a
             # restart must not wait on it forever, so reap the killed process.
             self.log.warning("Inner kernel %s: exit not noticed after SIGKILL; reaping it", self.pid)

@@ -28,7 +28,7 @@ from . import __version__
 from .inner import InnerKernel, InnerKernels
 from .provisioner import ENV_NAME, REPLY_KEY
 from .relay import InnerKernelDied, Pending
-from .rescue import Rescuer, RescuePolicy
+from .rescue import RescuePolicy, Rescuer
 
 RESTART_HELP = """\
 %restart [--cold] [--help]
@@ -120,7 +120,7 @@ class ProxyKernel(Kernel):
         self._inner_info: dict = {}
         #: set while an inner kernel serves; requests wait on it through a restart
         self.ready = asyncio.Event()
-        self._reply_metadata: ContextVar[dict] = ContextVar("reply_metadata", default={})
+        self._reply_metadata: ContextVar[dict] = ContextVar("reply_metadata")
         self.rescuer = Rescuer(self, RescuePolicy(parent=self))
         #: the execute request being forwarded, if any
         self.running_cell: dict | None = None
@@ -363,7 +363,7 @@ class ProxyKernel(Kernel):
         return {}
 
     def finish_metadata(self, parent: dict, metadata: dict, reply_content: dict) -> dict:
-        return self._reply_metadata.get()
+        return self._reply_metadata.get({})
 
     async def do_execute(
         self,
@@ -771,7 +771,7 @@ class ProxyKernel(Kernel):
             return
         client_ids = list(self.subshells)
         created = await asyncio.gather(*(inner.relay.create_subshell() for _ in client_ids), return_exceptions=True)
-        for client_id, subshell_id in zip(client_ids, created):
+        for client_id, subshell_id in zip(client_ids, created, strict=True):
             if isinstance(subshell_id, str):
                 self.subshells[client_id] = subshell_id
             else:

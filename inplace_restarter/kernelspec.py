@@ -44,7 +44,7 @@ INSTALLABLE = "installable"
 UNKNOWN = "unknown"
 
 # The names jupyter_client replaces with its own sys.executable when launching.
-_JUPYTER_PYTHONS = {"python", f"python{sys.version_info[0]}", "python%i.%i" % sys.version_info[:2]}
+_JUPYTER_PYTHONS = {"python", f"python{sys.version_info[0]}", f"python{sys.version_info[0]}.{sys.version_info[1]}"}
 
 
 class SpecError(Exception):

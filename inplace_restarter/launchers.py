@@ -50,25 +50,18 @@ SRUN = Launcher(
     passes_sigint=False,
     short_values="ABbCcDdeGiJLMmNnopqrSTtWwx",
     long_flags=frozenset(
-        "bcast compress contiguous disable-status exact exclusive get-user-env help hold immediate "
-        "kill-on-bad-exit label multi-prog no-allocate no-kill nice overcommit overlap oversubscribe "
-        "preserve-env propagate pty quiet quit-on-interrupt reboot send-libs spread-job test-only "
-        "unbuffered usage use-min-nodes verbose version whole x11".split()
+        ["bcast", "compress", "contiguous", "disable-status", "exact", "exclusive", "get-user-env", "help", "hold", "immediate", "kill-on-bad-exit", "label", "multi-prog", "no-allocate", "no-kill", "nice", "overcommit", "overlap", "oversubscribe", "preserve-env", "propagate", "pty", "quiet", "quit-on-interrupt", "reboot", "send-libs", "spread-job", "test-only", "unbuffered", "usage", "use-min-nodes", "verbose", "version", "whole", "x11"]
     ),
 )
 _MPI_VALUES = frozenset(
-    "-n -np -c -N -H -host --host -hosts -x -machinefile --machinefile -hostfile --hostfile -f -map-by --map-by "
-    "-bind-to --bind-to -rank-by --rank-by -wdir --wdir -wd -prefix --prefix -ppn -npernode --npernode "
-    "-configfile -launcher -bootstrap -iface -rf --rankfile".split()
+    ["-n", "-np", "-c", "-N", "-H", "-host", "--host", "-hosts", "-x", "-machinefile", "--machinefile", "-hostfile", "--hostfile", "-f", "-map-by", "--map-by", "-bind-to", "--bind-to", "-rank-by", "--rank-by", "-wdir", "--wdir", "-wd", "-prefix", "--prefix", "-ppn", "-npernode", "--npernode", "-configfile", "-launcher", "-bootstrap", "-iface", "-rf", "--rankfile"]
 )
-_MPI_PAIRS = frozenset("-mca --mca -gmca --gmca -genv -env --genv --env".split())
+_MPI_PAIRS = frozenset(["-mca", "--mca", "-gmca", "--gmca", "-genv", "-env", "--genv", "--env"])
 MPIRUN = Launcher("mpirun", "job", passes_sigint=False, long_values=_MPI_VALUES, long_pairs=_MPI_PAIRS, getopt=False)
 MPIEXEC = Launcher("mpiexec", "job", passes_sigint=False, long_values=_MPI_VALUES, long_pairs=_MPI_PAIRS, getopt=False)
 SSH = Launcher("ssh", "login", passes_sigint=False, short_values="BbcDEeFIiJLlmOoPpQRSWw", positionals=1)
 _CONTAINER_FLAGS = frozenset(
-    "nv nvccli rocm cleanenv contain containall writable writable-tmpfs fakeroot no-home ipc pid userns uts "
-    "net no-init no-privs keep-privs disable-cache no-https compat allow-setuid no-eval no-umask no-nv "
-    "no-rocm boot unsquash help".split()
+    ["nv", "nvccli", "rocm", "cleanenv", "contain", "containall", "writable", "writable-tmpfs", "fakeroot", "no-home", "ipc", "pid", "userns", "uts", "net", "no-init", "no-privs", "keep-privs", "disable-cache", "no-https", "compat", "allow-setuid", "no-eval", "no-umask", "no-nv", "no-rocm", "boot", "unsquash", "help"]
 )
 APPTAINER = Launcher(
     "apptainer", "container", passes_sigint=True, short_values="BHoWS", long_flags=_CONTAINER_FLAGS,

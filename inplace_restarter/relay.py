@@ -244,7 +244,7 @@ class Relay:
                 await asyncio.wait_for(self._until(pending.reply), max(0.1, min(2.0, deadline - loop.time())))
                 await asyncio.wait_for(asyncio.shield(subscribed), 0.2)
                 return pending.reply.result()
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if loop.time() > deadline:
                     subscribed.cancel()
                     raise TimeoutError(f"the kernel did not answer kernel_info within {timeout:g} s") from None
@@ -351,9 +351,9 @@ class Relay:
             pending.idle.set_result(None)
         # A request whose status is the inner kernel's needs no settle: it
         # ends here, or at its reply if that comes later (comm messages have none).
-        if pending.relay_status and (pending.reply.done() or not pending.has_reply):
-            if self.pending.get(msg_id) is pending:
-                del self.pending[msg_id]
+        finished = pending.reply.done() or not pending.has_reply
+        if pending.relay_status and finished and self.pending.get(msg_id) is pending:
+            del self.pending[msg_id]
 
     async def create_subshell(self, timeout: float = 10) -> str:
         """Create a subshell in the inner kernel; its id."""

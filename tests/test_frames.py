@@ -17,7 +17,7 @@ import pytest
 import zmq
 from jupyter_client.session import DELIM, Session
 
-from inplace_restarter.relay import decoded, delimiter, send_frames, unpacked, verified
+from inplace_restarter.frames import decoded, delimiter, send_frames, unpacked, verified
 
 KEY = uuid.uuid4().hex.encode()
 
