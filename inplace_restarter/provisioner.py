@@ -25,6 +25,7 @@ Kernels that are not proxied get no variable and no waiting: exactly a
 from __future__ import annotations
 
 import asyncio
+import os
 import typing as t
 
 import zmq
@@ -66,7 +67,9 @@ class InPlaceProvisioner(LocalProvisioner):
 
     async def pre_launch(self, **kwargs: t.Any) -> dict[str, t.Any]:
         if self.proxied:
-            kwargs["env"] = {**(kwargs.get("env") or {}), ENV_NAME: "1"}
+            # As the base does: no env means the server's own environment.
+            env = kwargs.get("env")
+            kwargs["env"] = {**(os.environ if env is None else env), ENV_NAME: "1"}
         return await super().pre_launch(**kwargs)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: t.Any) -> KernelConnectionInfo:

@@ -90,6 +90,16 @@ def test_restart_kernel_restarts_the_inner_kernel_and_keeps_the_proxy(button, tm
     print(f"restart_kernel returned in {returned:.3f} s, the new kernel answered after {answered:.3f} s")
 
 
+def test_the_servers_environment_reaches_the_kernel_behind_the_proxy(kernels_dir, monkeypatch):
+    """A launch that names no env gets the server's own, as with the local provisioner (a Slurm job needs SLURM_CONF)."""
+    monkeypatch.setenv("SERVER_SIDE_SETTING", "kept")
+    write_spec(kernels_dir, "button", with_provisioner(proxied()))
+    with running("button") as (km, kc):
+        assert environment_variable(kc, "SERVER_SIDE_SETTING") == "kept"
+        km.restart_kernel()
+        assert environment_variable(kc, "SERVER_SIDE_SETTING") == "kept"
+
+
 def test_a_cell_sent_right_after_the_restart_runs_in_the_new_kernel(button):
     km, kc = button
     execute(kc, "x = 1")

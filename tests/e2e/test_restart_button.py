@@ -16,6 +16,8 @@ import pytest
 from jupyter_client import BlockingKernelClient
 
 from ..helpers import live_below
+from ..spec_helpers import run_cli, write_spec
+from ..test_slurm import SRUN_SPEC, QueueWatch, where
 from .conftest import KERNEL_NAME, jupyter_server
 
 pytestmark = pytest.mark.timeout(180)
@@ -110,3 +112,27 @@ def test_a_server_without_the_package_starts_and_restarts_the_spec_the_ordinary_
         assert proxy_after != proxy
         assert inner_after and not inner_after & inner
         assert not psutil.pid_exists(proxy) or psutil.Process(proxy).status() == psutil.STATUS_ZOMBIE
+
+
+def test_rest_restart_of_a_kernel_in_a_slurm_job_keeps_the_job(restart_button_enabled, slurm, jupyter_dirs, tmp_path):
+    """On the single-node Slurm cluster: the server's restart keeps SLURM_JOB_ID, deleting the kernel ends the job."""
+    write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "slurm-py", SRUN_SPEC)
+    done = run_cli("install", "slurm-py")
+    assert done.returncode == 0, done.stderr
+    with jupyter_server("jupyterlab", tmp_path) as server:
+        kernel = server.api("/api/kernels", "POST", {"name": "slurm-py"})
+        client = connect(jupyter_dirs, kernel["id"])
+        try:
+            assert run(client, "x = 1")["status"] == "ok"
+            job, pid, proxy = where(client)
+            with QueueWatch(slurm) as watch:
+                restarted = server.api(f"/api/kernels/{kernel['id']}/restart", "POST", {})
+                assert restarted["id"] == kernel["id"]
+                assert run(client, "x")["ename"] == "NameError"
+                new_job, new_pid, new_proxy = where(client)
+            assert (new_job, watch.seen) == (job, {job}), "one job, the same, throughout the restart"
+            assert new_pid != pid and new_proxy == proxy
+        finally:
+            client.stop_channels()
+        server.api(f"/api/kernels/{kernel['id']}", "DELETE")
+        slurm.wait_for_empty_queue(15)
