@@ -35,6 +35,7 @@ from traitlets import Float, Instance
 from traitlets.config import LoggingConfigurable
 
 from . import kernelspec, launchers
+from .launchers import LAUNCHER_GRACE
 from .relay import InnerKernelDied, Pending, Relay
 
 if t.TYPE_CHECKING:
@@ -162,10 +163,6 @@ def launch_kwargs(spec: KernelSpec) -> dict:
     if sys.platform.startswith("linux"):
         kwargs["preexec_fn"] = _stop_with_parent if is_launcher(spec) else _die_with_parent
     return kwargs
-
-
-#: Seconds a launcher has after SIGTERM to end its job before it is killed (srun needs a few).
-LAUNCHER_GRACE = 10
 
 
 def kill_group(pid: int | None, pgid: int | None) -> None:

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
+#: Seconds a launcher has after SIGTERM to end its job before it is killed (srun needs a few).
+LAUNCHER_GRACE = 10
+
 
 @dataclass(frozen=True)
 class Launcher:

@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import typing as t
 
 import zmq
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Float
+
+from . import launchers
+from .launchers import LAUNCHER_GRACE
 
 #: the provisioner's name in the ``jupyter_client.kernel_provisioners`` entry points
 PROVISIONER_NAME = "inplace-restarter"
@@ -51,6 +55,12 @@ def is_proxied(metadata: dict | None) -> bool:
 class InPlaceProvisioner(LocalProvisioner):
     """A LocalProvisioner whose restart of a proxied kernel keeps the proxy; see the module docstring."""
 
+    launcher_grace = Float(
+        LAUNCHER_GRACE,
+        config=True,
+        help="Seconds a job launcher in front of a proxied kernel (srun) has after SIGTERM to end its job "
+        "before a kill of the kernel kills it.",
+    )
     reply_timeout = Float(
         5.0,
         config=True,
@@ -128,6 +138,38 @@ class InPlaceProvisioner(LocalProvisioner):
         return 0 if self.in_place else await super().wait()
 
     async def kill(self, restart: bool = False) -> None:
-        """A kill is meant: the process ends, in place or not."""
+        """A kill is meant: the process ends, in place or not.
+
+        A job launcher in front of the proxy (srun) is told to stop first and
+        killed only after ``launcher_grace``: killed at once, it leaves its
+        job running with nothing attached.
+        """
         self.in_place = False
-        await super().kill(restart=restart)
+        if not (self._in_a_job and self.process is not None and self.process.poll() is None):
+            await super().kill(restart=restart)
+            return
+        await self.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.launcher_grace
+        while self.process.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.process.poll() is None:
+            self.log.warning("Kernel %s: %s still running after SIGTERM; killing it", self.kernel_id, self.process.args[0])
+            await self.send_signal(signal.SIGKILL)
+
+    async def send_signal(self, signum: int) -> None:
+        """To a job launcher's own process only: killing srun's process group orphans its job."""
+        if self._in_a_job and self.process is not None:
+            try:
+                self.process.send_signal(signum)
+            except ProcessLookupError:
+                pass
+            return
+        await super().send_signal(signum)
+
+    @property
+    def _in_a_job(self) -> bool:
+        """Whether the proxied kernel runs behind a launcher that holds a batch job (srun, mpirun)."""
+        if not self.proxied:
+            return False
+        return any(launcher.holds == "job" for launcher in launchers.parse(self.kernel_spec.argv).launchers)

@@ -18,6 +18,7 @@ from inplace_restarter.kernelspec import METADATA_KEY, proxy_argv
 
 from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream
 from .spec_helpers import load, run_cli, write_spec
+from .test_provisioner import with_provisioner
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,9 +43,9 @@ def installed(*options: str) -> str:
     return done.stdout
 
 
-def running_in_job(cluster, name: str = "slurm-py"):
-    """Start the kernel as Jupyter does; shut it down as Jupyter does (a shutdown_request, not a kill)."""
-    return running(name, startup_timeout=120, graceful=True)
+def running_in_job(cluster, name: str = "slurm-py", graceful: bool = True):
+    """Start the kernel as Jupyter does; shut it down as Jupyter does (a shutdown_request; with not ``graceful``, a kill)."""
+    return running(name, startup_timeout=120, graceful=graceful)
 
 
 def where(kc) -> tuple[str, int, int]:
@@ -162,3 +163,14 @@ def test_outside_srun_restart_starts_a_new_job_and_the_old_one_ends(srun_spec, s
         km.interrupt_kernel()
         assert reply_to(kc, msg_id, timeout=30)["content"]["ename"] == "KeyboardInterrupt"
     slurm.wait_for_empty_queue(15)
+
+
+def test_a_kill_of_a_kernel_the_provisioner_started_in_a_job_ends_the_job(srun_spec, slurm):
+    """Jupyter's forced shutdown (``now=True``) stops srun by its leader, so the job ends instead of running on."""
+    installed()
+    spec = load(srun_spec)
+    write_spec(srun_spec.parent, "slurm-py", with_provisioner(spec))
+    with running_in_job(slurm, graceful=False) as (km, kc):
+        job, _, _ = where(kc)
+        assert [j["id"] for j in slurm.jobs()] == [job]
+    print(f"queue empty {slurm.wait_for_empty_queue(15):.1f} s after a forced shutdown")
