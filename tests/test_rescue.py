@@ -12,9 +12,11 @@ from .helpers import (
     execute,
     inner_pid,
     inner_pids,
+    iopub_until_idle,
     marker_cell,
     reply_to,
     running,
+    send,
     stderr_of,
     wait_for_file,
     wait_for_stream,
@@ -83,6 +85,12 @@ def test_restarts_stop_past_the_limit_until_the_user_restarts(kernels_dir, jupyt
         assert "so it is not restarted again: run %restart to start it" in reply["content"]["evalue"]
         reply, _ = execute(kc, "1")
         assert reply["content"]["evalue"] == "The kernel is not running; run %restart to start it"
+        # With no kernel to take it, a comm is closed again, as a kernel closes one it has no target for.
+        opened = send(kc, "shell", "comm_open", {"comm_id": "c1", "target_name": "jupyter.widget", "data": {}})
+        closes = [m for m in iopub_until_idle(kc, opened) if m["msg_type"] == "comm_close"]
+        assert [m["content"]["comm_id"] for m in closes] == ["c1"]
+        completion = reply_to(kc, send(kc, "shell", "complete_request", {"code": "pri", "cursor_pos": 3}))
+        assert completion["content"]["ename"] == "DeadKernelError"
         reply, outputs = execute(kc, "%restart\nprint('back')")
         assert reply["content"]["status"] == "ok"
         assert km.is_alive() and inner_pid(km)
