@@ -1,9 +1,14 @@
 """The kernel the client talks to: a wrapper kernel that forwards to the inner kernel.
 
-ipykernel's ``Kernel`` base does what any kernel does for the client (busy and
-idle, aborting after errors, replies, kernel_info, the control thread); every
-``do_*`` forwards the client's own request to the inner kernel.  The one
-thing the proxy answers itself is ``%restart``, handled in :meth:`do_execute`.
+ipykernel's ``Kernel`` base (through kernelbase.WrapperKernelBase) does what
+any kernel does for the client: the order of requests, aborting after a
+failed cell, replies, the control thread.  Requests the inner kernel can
+answer are forwarded as the client sent them, and for most of them the client
+gets the inner kernel's own busy and idle.  The proxy answers itself:
+``%restart`` (:meth:`ProxyKernel._restart_cell`; Jupyter's own restart in
+:meth:`ProxyKernel.shutdown_request`), ``kernel_info`` (the inner kernel's,
+kept), interrupts (by the inner kernel's interrupt mode, with the rescue of a
+hung kernel) and shutdown.
 """
 
 from __future__ import annotations
@@ -15,17 +20,16 @@ import shlex
 import signal
 import time
 import typing as t
-from contextvars import ContextVar, copy_context
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipykernel.kernelbase import Kernel
 from jupyter_client.kernelspec import KernelSpec
 from traitlets import Bool, Instance
 from zmq.eventloop.zmqstream import ZMQStream
 
-from . import __version__
 from .inner import InnerKernel, InnerKernels
+from .kernelbase import WrapperKernelBase
 from .provisioner import ENV_NAME, REPLY_KEY
 from .relay import InnerKernelDied, Pending
 from .rescue import RescuePolicy, Rescuer
@@ -84,17 +88,10 @@ def parse_restart(code: str) -> RestartCell | None:
     return None
 
 
-class ProxyKernel(Kernel):
+class ProxyKernel(WrapperKernelBase):
     """Stands in for the inner kernel; see the module docstring."""
 
-    implementation = "inplace_restarter"
-    implementation_version = __version__
-    banner = "inplace_restarter"
-    language_info: dict = {}
-
-    msg_types = [*Kernel.msg_types, *COMM_MSG_TYPES]
-    # ipykernel sleeps this long after each cell for its own stdout to flush; the proxy has none.
-    _execute_sleep = 0.0
+    msg_types = [*WrapperKernelBase.msg_types, *COMM_MSG_TYPES]
 
     inner_spec = Instance(KernelSpec, help="The spec of the kernel behind the proxy.")
 
@@ -124,18 +121,10 @@ class ProxyKernel(Kernel):
         self.rescuer = Rescuer(self, RescuePolicy(parent=self))
         #: the execute request being forwarded, if any
         self.running_cell: dict | None = None
-        #: shell messages received so far, each message's number, and the last to abort
-        self._received = 0
-        self._sequence: dict[int, int] = {}
-        self._abort_through = 0
-        #: cells that failed so far (with stop_on_error)
-        self._failures = 0
         #: a restart in place asked for by Jupyter's own restart (see shutdown_request)
         self._restarting: asyncio.Task | None = None
-        #: shell messages received and not yet handled
-        self._queued = 0
         #: shell requests whose busy and idle are the inner kernel's, and whether
-        #: each has been forwarded yet (see _publish_status)
+        #: each has been forwarded yet (see _leaves_status)
         self._status_relayed: dict[str, bool] = {}
         #: the client's subshell ids -> the current inner kernel's (see _carry_subshells)
         self.subshells: dict[str, str] = {}
@@ -164,9 +153,6 @@ class ProxyKernel(Kernel):
         self._loop.add_signal_handler(signal.SIGTERM, self._terminate)
         self._stdin_stream = ZMQStream(self.stdin_socket)
         self._stdin_stream.on_recv(self._on_stdin, copy=False)
-        # One context for all shell messages, as ipykernel's base keeps.
-        self._shell_context = copy_context()
-        self.shell_stream.on_recv(self._on_shell, copy=False)
         self.io_loop.add_callback(self._start_inner)
 
     async def _start_inner(self) -> None:
@@ -190,7 +176,6 @@ class ProxyKernel(Kernel):
         # Kept apart from self.inner, which a restart empties while the control
         # thread may be answering kernel_info.
         self._inner_info = inner.kernel_info
-        self.language_info = inner.kernel_info.get("language_info", {})
         if inner.session_id.isascii():
             self.session.session = inner.session_id
         self.ready.set()
@@ -254,7 +239,7 @@ class ProxyKernel(Kernel):
         waits for that before the proxy's idle.
         """
         parent = self.get_parent(channel)
-        ident = self._parent_ident[channel]
+        ident = self.parent_ident(channel)
         reply = await self._on_main(self._request(parent, ident, channel, **options))
         self._reply_metadata.set(reply["metadata"])
         return reply["content"]
@@ -290,38 +275,38 @@ class ProxyKernel(Kernel):
         """A reply (and, for execute, the iopub error) for a failure of the proxy's own."""
         content = {"status": "error", "ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
         if parent["header"]["msg_type"] == "execute_request":
-            self.session.send(self.iopub_socket, "error", content, parent, ident=self._topic("error"))
+            self.session.send(self.iopub_socket, "error", content, parent, ident=self.topic("error"))
             content["execution_count"] = self.execution_count
         reply_type = parent["header"]["msg_type"].replace("_request", "_reply")
         return {"header": {"msg_type": reply_type}, "content": content, "metadata": {}}
 
     # -- status: the inner kernel's own, for what it answers ----------------------
 
-    def _publish_status(self, status: str, channel: str, parent: dict | None = None) -> None:
+    def _leaves_status(self, status: str, channel: str, parent: dict) -> bool:
         """Leave the busy and idle of a request the inner kernel answers to the inner kernel.
 
         Its own status reaches the client from the iopub relay's thread in
         order with the output it frames, so the proxy neither publishes one
         nor waits for the kernel's idle before taking the next request.
         """
-        if channel == "shell" and status in ("busy", "idle"):
-            parent = parent or self.get_parent(channel)
-            msg_id = parent["header"]["msg_id"]
-            if status == "busy" and self._inner_answers(parent):
-                self._status_relayed[msg_id] = False
-                return
-            if status == "idle" and msg_id in self._status_relayed:
-                if self._status_relayed.pop(msg_id):
-                    return
-                # Refused before it reached the inner kernel (a malformed
-                # request): the client still gets the busy and idle it would.
-                super()._publish_status("busy", channel, parent)
-        super()._publish_status(status, channel, parent)
+        if channel != "shell" or status not in ("busy", "idle"):
+            return False
+        msg_id = parent["header"]["msg_id"]
+        if status == "busy" and self._inner_answers(parent):
+            self._status_relayed[msg_id] = False
+            return True
+        if status == "idle" and msg_id in self._status_relayed:
+            if self._status_relayed.pop(msg_id):
+                return True
+            # Refused before it reached the inner kernel (a malformed
+            # request): the client still gets the busy and idle it would.
+            self.publish_own_status("busy", parent)
+        return False
 
     def _inner_answers(self, parent: dict) -> bool:
         """Whether the inner kernel alone answers shell request ``parent``, status and all."""
         msg_type = parent["header"]["msg_type"]
-        if msg_type not in STATUS_RELAYED or self._aborting or not self.ready.is_set() or self.inner is None:
+        if msg_type not in STATUS_RELAYED or self.aborting or not self.ready.is_set() or self.inner is None:
             return False
         if msg_type != "execute_request":
             return True
@@ -333,7 +318,7 @@ class ProxyKernel(Kernel):
         """The inner kernel will not end request ``parent`` (it died): the proxy's idle will."""
         msg_id = parent["header"]["msg_id"]
         if self._status_relayed.pop(msg_id, None) is not None and not busy_relayed:
-            super()._publish_status("busy", "shell", parent)
+            self.publish_own_status("busy", parent)
 
     # -- requests -------------------------------------------------------------
 
@@ -345,9 +330,9 @@ class ProxyKernel(Kernel):
         reaches it until its idle, and the proxy has aborted the requests
         sent before the failure itself, so the next one waits for that idle.
         """
-        failures = self._failures
+        failures = self.failures
         await super().execute_request(stream, ident, parent)
-        if parent["header"]["msg_id"] in self._status_relayed and self._failures == failures:
+        if parent["header"]["msg_id"] in self._status_relayed and self.failures == failures:
             return
         # A request still pending is the current relay's; after a restart it is gone.
         if self.inner is not None and self.inner.relay is not None:
@@ -355,9 +340,6 @@ class ProxyKernel(Kernel):
                 await self.inner.relay.settle(parent["header"]["msg_id"])
             except InnerKernelDied:
                 pass
-
-    def _publish_execute_input(self, code: str, parent: dict, execution_count: int) -> None:
-        """The inner kernel publishes its own, with its own execution count."""
 
     def init_metadata(self, parent: dict) -> dict:
         return {}
@@ -454,7 +436,7 @@ class ProxyKernel(Kernel):
         comm_id = parent["content"].get("comm_id") if isinstance(parent["content"], dict) else None
         if msg_type == "comm_open" and isinstance(comm_id, str):
             self.session.send(
-                self.iopub_socket, "comm_close", {"comm_id": comm_id, "data": {}}, parent, ident=self._topic("comm_close")
+                self.iopub_socket, "comm_close", {"comm_id": comm_id, "data": {}}, parent, ident=self.topic("comm_close")
             )
 
     async def kernel_info_request(self, stream, ident, parent) -> None:
@@ -480,12 +462,6 @@ class ProxyKernel(Kernel):
         """Interrupt the inner kernel, by its own interrupt mode; see Rescuer.interrupt."""
         await self._on_main(self.rescuer.interrupt())
 
-    def _on_shell(self, msg: list) -> asyncio.Task:
-        self._queued += 1
-        self._received += 1
-        self._sequence[id(msg)] = self._received
-        return asyncio.create_task(self.shell_main(None, msg), context=self._shell_context)
-
     async def shell_main(self, subshell_id: str | None, msg: list) -> None:
         """Order shell messages as a kernel does while the proxy waits on the inner one.
 
@@ -494,26 +470,21 @@ class ProxyKernel(Kernel):
         the shell; a kernel only does that while a cell runs, so the proxy
         queues them behind any other request, with a busy and idle each.
         """
-        try:
-            header = self._routable_header(msg)
-            if header is None:
+        header = self._routable_header(msg)
+        if header is None:
+            return
+        if header.get("subshell_id") is not None:
+            await self._on_subshell(msg)
+            return
+        msg_type = header["msg_type"]
+        if self.shell_busy:
+            if msg_type == "interrupt_request":
+                await self.dispatch_now(msg)
                 return
-            if header.get("subshell_id") is not None:
-                await self._on_subshell(msg)
+            if msg_type in COMM_MSG_TYPES and self.running_cell is None:
+                await self.dispatch_in_turn(msg)
                 return
-            msg_type = header["msg_type"]
-            if self._main_asyncio_lock.locked():
-                if msg_type == "interrupt_request":
-                    await self.dispatch_shell(msg, subshell_id=subshell_id, concurrent=True)
-                    return
-                if msg_type in COMM_MSG_TYPES and self.running_cell is None:
-                    async with self._main_asyncio_lock:
-                        await self.dispatch_shell(msg, subshell_id=subshell_id)
-                    return
-            await super().shell_main(subshell_id, msg)
-        finally:
-            self._queued -= 1
-            self._sequence.pop(id(msg), None)
+        await super().shell_main(subshell_id, msg)
 
     def _routable_header(self, msg: list) -> dict | None:
         """The header of a shell message, or None (logged) for one ipykernel refuses before busy.
@@ -532,19 +503,6 @@ class ProxyKernel(Kernel):
             self.log.error("Invalid message", exc_info=True)
             return None
         return header_only["header"]
-
-    async def dispatch_shell(self, msg: list, /, subshell_id: str | None = None, *, concurrent: bool = False):
-        """Abort exactly the execute requests received before a failed cell's reply.
-
-        Without ipykernel's shell channel thread its base resets the abort on a
-        timer, which can also abort a request sent right after the error reply.
-        """
-        self._aborting = self._sequence.pop(id(msg), 0) <= self._abort_through
-        await super().dispatch_shell(msg, subshell_id, concurrent=concurrent)
-
-    def _abort_queues(self, subshell_id: str | None = None) -> None:
-        self._abort_through = self._received
-        self._failures += 1
 
     def pre_handler_hook(self) -> None:
         """SIGINT is the inner kernel's business: the proxy's handler forwards it."""
@@ -575,7 +533,7 @@ class ProxyKernel(Kernel):
         # counts 0 showing [*] as if it still ran. The next cell is [1].
         count = self.execution_count
         if not silent:
-            Kernel._publish_execute_input(self, code, parent, count)
+            self.publish_own_execute_input(code, parent, count)
         if cell.options in (["--help"], ["-h"]):
             self.write_stream(RESTART_HELP, parent)
             return self._ok(count)
@@ -624,7 +582,7 @@ class ProxyKernel(Kernel):
         await self._carry_subshells(new)
         self.execution_count = 0
         self.session.send(
-            self.iopub_socket, "status", {"execution_state": "starting"}, parent={}, ident=self._topic("status")
+            self.iopub_socket, "status", {"execution_state": "starting"}, parent={}, ident=self.topic("status")
         )
         message = f"Restarted the kernel in place in {time.monotonic() - started:.1f} s"
         # A warning, so that the server's log shows every restart, however asked for.
@@ -637,7 +595,7 @@ class ProxyKernel(Kernel):
         parent = self.get_parent("shell")
         for comm_id in list(comms):
             self.session.send(
-                self.iopub_socket, "comm_close", {"comm_id": comm_id, "data": {}}, parent, ident=self._topic("comm_close")
+                self.iopub_socket, "comm_close", {"comm_id": comm_id, "data": {}}, parent, ident=self.topic("comm_close")
             )
         comms.clear()
 
@@ -674,7 +632,7 @@ class ProxyKernel(Kernel):
         code = content.get("code") if isinstance(content, dict) else None
         if msg_type == "execute_request" and isinstance(code, str) and parse_restart(code) is not None:
             usage = "%restart restarts the whole kernel: run it in the notebook, not in a subshell"
-            self._publish_status("busy", "shell", parent=parent)
+            self.publish_own_status("busy", parent)
             self.write_stream(f"UsageError: {usage}\n", parent, "stderr")
             reply = {"status": "error", "ename": "UsageError", "evalue": usage, "traceback": []}
             self._answer_alone(parent, ident, {**reply, "execution_count": self.execution_count})
@@ -682,7 +640,7 @@ class ProxyKernel(Kernel):
         await self.ready.wait()
         inner = self.inner
         if inner is None or inner.relay is None:
-            self._publish_status("busy", "shell", parent=parent)
+            self.publish_own_status("busy", parent)
             reply = self._error_reply(parent, "DeadKernelError", "The kernel is not running; run %restart to start it")
             self._answer_alone(parent, ident, reply["content"])
             return
@@ -698,7 +656,7 @@ class ProxyKernel(Kernel):
             reply = await relay.request(parent, ident, wait_idle=False)
         except InnerKernelDied as died:
             if not pending.busy_relayed:
-                self._publish_status("busy", "shell", parent=parent)
+                self.publish_own_status("busy", parent)
             reason = await self.rescuer.after_death(inner, str(died), None)
             self._answer_alone(parent, ident, self._error_reply(parent, "DeadKernelError", reason)["content"])
             return
@@ -708,13 +666,13 @@ class ProxyKernel(Kernel):
         try:
             await relay.settle(parent["header"]["msg_id"])
         except InnerKernelDied:
-            self._publish_status("idle", "shell", parent=parent)
+            self.publish_own_status("idle", parent)
 
     def _answer_alone(self, parent: dict, ident: list, content: dict) -> None:
         """End a subshell's request the inner kernel cannot answer, after its busy: the reply, then idle."""
         reply_type = parent["header"]["msg_type"].replace("_request", "_reply")
         self.session.send(self.shell_stream, reply_type, content, parent, ident)
-        self._publish_status("idle", "shell", parent=parent)
+        self.publish_own_status("idle", parent)
 
     async def create_subshell_request(self, stream, ident, parent) -> None:
         await self._subshell_control(stream, ident, parent)
