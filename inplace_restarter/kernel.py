@@ -118,11 +118,19 @@ class ProxyKernel(WrapperKernelBase):
         #: set while an inner kernel serves; requests wait on it through a restart
         self.ready = asyncio.Event()
         self._reply_metadata: ContextVar[dict] = ContextVar("reply_metadata")
-        self.rescuer = Rescuer(self, RescuePolicy(parent=self))
         #: the execute request being forwarded, if any
         self.running_cell: dict | None = None
         #: a restart in place asked for by Jupyter's own restart (see shutdown_request)
         self._restarting: asyncio.Task | None = None
+        self.rescuer = Rescuer(
+            RescuePolicy(parent=self),
+            self.kernels,
+            self.ready,
+            restart=self.restart_in_place,
+            tell=lambda text, cell: self.write_stream(text, cell, "stderr"),
+            running_cell=lambda: self.running_cell,
+            log=self.log,
+        )
         #: shell requests whose busy and idle are the inner kernel's, and whether
         #: each has been forwarded yet (see _leaves_status)
         self._status_relayed: dict[str, bool] = {}

@@ -8,9 +8,11 @@ limits apart from ``KernelManager``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import typing as t
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 from traitlets import Bool, Float, Integer
 from traitlets.config import LoggingConfigurable
@@ -18,8 +20,7 @@ from traitlets.config import LoggingConfigurable
 from .relay import describe_exit
 
 if t.TYPE_CHECKING:
-    from .inner import InnerKernel
-    from .kernel import ProxyKernel
+    from .inner import InnerKernel, InnerKernels
 
 
 class RescuePolicy(LoggingConfigurable):
@@ -62,9 +63,24 @@ class RescuePolicy(LoggingConfigurable):
 class Rescuer:
     """Restarts the proxy's inner kernel when it dies, or hangs through interrupts."""
 
-    def __init__(self, kernel: ProxyKernel, policy: RescuePolicy):
-        self.kernel = kernel
+    def __init__(
+        self,
+        policy: RescuePolicy,
+        kernels: InnerKernels,
+        ready: asyncio.Event,
+        restart: Callable[[dict | None], Awaitable[None]],
+        tell: Callable[[str, dict], None],
+        running_cell: Callable[[], dict | None],
+        log: logging.Logger,
+    ):
+        """``restart(cell)`` restarts in place, reporting to ``cell``; ``tell(text, cell)`` writes to a cell's stderr.
+
+        As KernelRestarter fires its restart and dead callbacks, the rescuer
+        decides when, and the proxy does the restarting and the telling.
+        """
         self.policy = policy
+        self.kernels, self.ready, self.log = kernels, ready, log
+        self._restart, self._tell_cell, self._running_cell = restart, tell, running_cell
         #: the running cell whose kernel ignored an interrupt
         self._hung: dict | None = None
         #: what to tell the user at the next cell about a kernel that died while idle
@@ -81,9 +97,8 @@ class Rescuer:
     async def watch(self, inner: InnerKernel) -> None:
         """Notice the moment the inner kernel dies, even while nothing runs."""
         returncode = await asyncio.shield(inner.exited)
-        kernel = self.kernel
-        if kernel.inner is inner and not kernel.stopping:
-            await self.after_death(inner, describe_exit(returncode), kernel.running_cell)
+        if self.kernels.current is inner and not self.kernels.stopping:
+            await self.after_death(inner, describe_exit(returncode), self._running_cell())
 
     async def after_death(self, inner: InnerKernel, reason: str, cell: dict | None) -> str:
         """Restart a kernel that died by itself; return what the failed request should say.
@@ -96,14 +111,13 @@ class Rescuer:
         return await asyncio.shield(inner.rescue)
 
     async def _restart_dead(self, inner: InnerKernel, reason: str, cell: dict | None) -> str:
-        kernel = self.kernel
-        if kernel.inner is not inner or kernel.stopping:
+        if self.kernels.current is not inner or self.kernels.stopping:
             # Stopped on purpose: %restart, a hung kernel, or shutdown.
-            await kernel.ready.wait()
+            await self.ready.wait()
             return inner.stop_reason or reason
-        kernel.log.warning("%s; restarting it in place", reason)
+        self.log.warning("%s; restarting it in place", reason)
         if not self.policy.may_restart():
-            kernel.kernels.drop()
+            self.kernels.drop()
             message = (
                 f"{reason}. It died {self.policy.restart_limit} times within "
                 f"{self.policy.restart_window:g} s, so it is not restarted again: run %restart to start it."
@@ -111,14 +125,14 @@ class Rescuer:
             self._tell(message, cell)
             return message
         if cell is not None:
-            kernel.write_stream(f"{reason}; restarting it in place.\n", cell, "stderr")
+            self._tell_cell(f"{reason}; restarting it in place.\n", cell)
         else:
             self._notice = (
                 f"{reason} at {time.strftime('%H:%M:%S')}, and was restarted in place: "
                 "its variables are gone.\n"
             )
         try:
-            await kernel.restart_in_place(cell)
+            await self._restart(cell)
         except Exception as e:
             message = f"{reason}, and it did not restart: {e}. Run %restart to try again."
             self._tell(message, cell)
@@ -127,7 +141,7 @@ class Rescuer:
 
     def _tell(self, message: str, cell: dict | None) -> None:
         if cell is not None:
-            self.kernel.write_stream(message + "\n", cell, "stderr")
+            self._tell_cell(message + "\n", cell)
         else:
             self._notice = message + "\n"
 
@@ -137,8 +151,7 @@ class Rescuer:
         A second interrupt of a hung kernel restarts it in place: the only way
         out when the shell is stuck in code that ignores SIGINT.
         """
-        kernel = self.kernel
-        inner, running = kernel.inner, kernel.running_cell
+        inner, running = self.kernels.current, self._running_cell()
         if inner is None:
             return
         if running is not None and self._hung is running:
@@ -152,24 +165,22 @@ class Rescuer:
             )
 
     async def _check_hung(self, inner: InnerKernel, running: dict) -> None:
-        kernel = self.kernel
-        if kernel.running_cell is not running or kernel.inner is not inner or self._hung is running:
+        if self._running_cell() is not running or self.kernels.current is not inner or self._hung is running:
             return
         if self.policy.restart_hung:
             await self._restart_hung(inner, running)
             return
         self._hung = running
-        kernel.write_stream(
+        self._tell_cell(
             "The kernel does not respond to interrupts. Interrupt again to restart it in place "
             "(its variables will be lost).\n",
             running,
-            "stderr",
         )
 
     async def _restart_hung(self, inner: InnerKernel, running: dict) -> None:
         inner.stop_reason = "The kernel did not respond to interrupts, so it was restarted in place"
         self._hung = None
         try:
-            await self.kernel.restart_in_place(running)
+            await self._restart(running)
         except Exception as e:
-            self.kernel.write_stream(f"The kernel did not restart: {e}\n", running, "stderr")
+            self._tell_cell(f"The kernel did not restart: {e}\n", running)
