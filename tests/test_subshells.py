@@ -15,6 +15,7 @@ import pytest
 
 from .helpers import execute, iopub_until_idle, marker_cell, reply_to, running, send, wait_for_file
 from .spec_helpers import proxied, write_spec
+from .test_provisioner import with_provisioner
 
 
 def control(kc, msg_type: str, **content) -> dict:
@@ -66,7 +67,7 @@ def assert_subshell_answers_while_main_is_busy(kc, subshell_id: str, tmp_path: P
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("restart", ["%restart", "%restart --cold", "death"])
+@pytest.mark.parametrize("restart", ["%restart", "%restart --cold", "death", "Restart button"])
 @pytest.mark.parametrize("standby", [False, True], ids=["", "standby"])
 def test_a_subshell_answers_while_the_main_shell_is_busy_before_and_after_a_restart(
     kernels_dir, tmp_path, restart, standby
@@ -74,8 +75,10 @@ def test_a_subshell_answers_while_the_main_shell_is_busy_before_and_after_a_rest
     spec = proxied()
     if standby:
         spec["argv"].append("--standby")
+    if restart == "Restart button":
+        spec = with_provisioner(spec)
     write_spec(kernels_dir, "proxied", spec)
-    with running("proxied") as (_, kc):
+    with running("proxied") as (km, kc):
         subshell_id = create_subshell(kc)
         execute(kc, "x = 42")
         took = assert_subshell_answers_while_main_is_busy(kc, subshell_id, tmp_path, 42)
@@ -85,6 +88,9 @@ def test_a_subshell_answers_while_the_main_shell_is_busy_before_and_after_a_rest
             # The proxy restarts a kernel that died by itself: a rescue, not a %restart.
             reply, _ = execute(kc, "import os; os._exit(1)")
             assert reply["content"]["ename"] == "DeadKernelError"
+        elif restart == "Restart button":
+            # jupyter_client's restart_kernel, with the provisioner that keeps the proxy
+            km.restart_kernel()
         else:
             reply, _ = execute(kc, restart)
             assert reply["content"]["status"] == "ok"
