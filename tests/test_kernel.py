@@ -115,8 +115,13 @@ def test_twenty_restarts_leave_no_extra_processes_or_open_files(proxy):
         reply, _ = execute(kc, "%restart")
         assert reply["content"]["status"] == "ok", reply["content"]
     assert len(proxy_process.children(recursive=True)) == children == 1
-    # Closed zmq sockets linger a moment; a leak of one file per restart would leave 20 open.
-    wait_until(lambda: proxy_process.num_fds() <= files, f"the proxy's open files back to {files}", timeout=10)
+    # Closed zmq sockets linger a moment, and a loaded machine can leave a connection or two
+    # of the client's being replaced; a leak of one file per restart would leave 20 open.
+    wait_until(
+        lambda: proxy_process.num_fds() <= files + 3,
+        f"the proxy's open files back to about {files} (not one more per restart)",
+        timeout=10,
+    )
     reply, outputs = execute(kc, "print('still here')")
     assert stdout_of(outputs) == "still here\n"
 
