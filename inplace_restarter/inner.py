@@ -523,7 +523,7 @@ class InnerKernels(LoggingConfigurable):
             if old is not None:
                 self._retire(old)
             return spare
-        stopped, new = await asyncio.gather(
+        _, new = await asyncio.gather(
             old.shutdown() if old is not None else asyncio.sleep(0), self._new(), return_exceptions=True
         )
         if isinstance(new, BaseException):

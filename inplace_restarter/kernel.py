@@ -443,9 +443,7 @@ class ProxyKernel(WrapperKernelBase):
         self.log.warning("Dropped a %s: the kernel is not running; run %%restart to start it", msg_type)
         comm_id = parent["content"].get("comm_id") if isinstance(parent["content"], dict) else None
         if msg_type == "comm_open" and isinstance(comm_id, str):
-            self.session.send(
-                self.iopub_socket, "comm_close", {"comm_id": comm_id, "data": {}}, parent, ident=self.topic("comm_close")
-            )
+            self._send_comm_close(comm_id, parent)
 
     async def kernel_info_request(self, stream, ident, parent) -> None:
         """Answered at once, even during a restart: the same argv gives the same info."""
@@ -602,10 +600,14 @@ class ProxyKernel(WrapperKernelBase):
     def _close_comms(self, comms: dict[str, str]) -> None:
         parent = self.get_parent("shell")
         for comm_id in list(comms):
-            self.session.send(
-                self.iopub_socket, "comm_close", {"comm_id": comm_id, "data": {}}, parent, ident=self.topic("comm_close")
-            )
+            self._send_comm_close(comm_id, parent)
         comms.clear()
+
+    def _send_comm_close(self, comm_id: str, parent: dict) -> None:
+        """Close a comm on the client's side, as its kernel would."""
+        self.session.send(
+            self.iopub_socket, "comm_close", {"comm_id": comm_id, "data": {}}, parent, ident=self.topic("comm_close")
+        )
 
     def write_stream(self, text: str, parent: dict, name: str = "stdout") -> None:
         """Write into the output of request ``parent``, as the kernel's stdout or stderr."""

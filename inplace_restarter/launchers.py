@@ -110,8 +110,7 @@ class Launch:
         """The same argv with only the outermost ``depth`` launchers in front; the rest goes with the kernel."""
         if depth >= len(self.launchers):
             return self
-        inner = parse(self.argv, depth)
-        return inner
+        return parse(self.argv, depth)
 
     def describe(self) -> str:
         return " and ".join(launcher.name for launcher in self.launchers)
