@@ -3,15 +3,22 @@
     python bench/run.py            # the full run: 3-6 minutes on 2 cores
     python bench/run.py --quick    # a smoke run: about a minute
 
-Everything runs in ONE process, with both kernels measured interleaved
-(alternating which goes first), because on a small noisy machine only kernels
+Everything runs in ONE process, with the kernels measured interleaved
+(rotating which goes first), because on a small noisy machine only kernels
 measured side by side give stable ratios.  Kernelspecs, connection files and
 IPython profiles live in a temporary folder (JUPYTER_PATH and friends point
 there), never the user's; every process started is killed in ``finally``.
 
+The round trip, comms and buffer measures also time the *relay floor*: a
+second direct kernel behind ``relay_floor.py``, a forwarder process that relays
+every channel with zmq's own C proxy, no Python on the message path. No relay
+is cheaper, so a target beyond the floor's ratio cannot be met by any proxy
+process on that machine; what lies between the floor and the proxy is the
+proxy's own cost. ``--no-floor`` leaves it out.
+
 The client is a lean synchronous zmq client (jupyter_client's Session for
 signing, raw DEALER/SUB sockets, a zmq poller), so that the client's own cost
-is as small as possible and the same for both kernels.
+is as small as possible and the same for every kernel.
 
 It is a benchmark, not a test: it asserts nothing about timings.
 """
@@ -25,6 +32,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +45,7 @@ import zmq
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+RELAY_FLOOR = Path(__file__).resolve().parent / "relay_floor.py"
 IPYKERNEL_ARGV = [PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 MiB = 1024 * 1024
 
@@ -197,6 +206,18 @@ class Running:
         return self.km.provisioner.pid
 
 
+@dataclass
+class Floor(Running):
+    """The relay floor: a client on the forwarder's ports, the forwarder, and the direct kernel behind it."""
+
+    relay: subprocess.Popen | None = None
+    inner: Running | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.relay.pid
+
+
 def tree(pid: int | None) -> list[psutil.Process]:
     if pid is None:
         return []
@@ -226,9 +247,34 @@ def start(name: str) -> Running:
     return Running(name, km, Lean(km))
 
 
+def start_floor() -> Floor:
+    """A second direct kernel (its iopub not shared with the first) behind a relay_floor.py forwarder."""
+    from jupyter_client.connect import write_connection_file
+    from jupyter_client.manager import KernelManager
+
+    inner = start("direct")
+    inner.client.close()  # a second subscriber would make the kernel send its output twice
+    try:
+        outer = Path(inner.km.connection_file).with_name(f"relay-floor-{uuid.uuid4().hex[:8]}.json")
+        session = inner.km.session
+        write_connection_file(str(outer), key=session.key, signature_scheme=session.signature_scheme, ip="127.0.0.1")
+        # both connection files are in the temporary folder: leftovers() finds the forwarder by its command line
+        out = KERNEL_LOG["file"]
+        relay = subprocess.Popen([PYTHON, str(RELAY_FLOOR), inner.km.connection_file, str(outer)], stdout=out, stderr=out, cwd=KERNEL_LOG["cwd"])
+    except BaseException:
+        stop(inner)
+        raise
+    km = KernelManager()
+    km.load_connection_file(str(outer))
+    return Floor("floor", km, Lean(km), relay=relay, inner=inner)
+
+
 def stop(k: Running | None) -> None:
     """Shut down and make sure nothing the kernel started is left."""
     if k is None:
+        return
+    if isinstance(k, Floor):
+        stop_floor(k)
         return
     procs = tree(k.pid if k.km.has_kernel else None)
     with contextlib.suppress(Exception):
@@ -236,6 +282,19 @@ def stop(k: Running | None) -> None:
     with contextlib.suppress(Exception):
         k.km.shutdown_kernel(now=True)
     kill_all(procs)
+
+
+def stop_floor(k: Floor) -> None:
+    """SIGTERM to the forwarder (SIGKILL if it lingers), then the kernel behind it."""
+    with contextlib.suppress(Exception):
+        k.client.close()
+    k.relay.terminate()
+    try:
+        k.relay.wait(5)
+    except subprocess.TimeoutExpired:
+        k.relay.kill()
+        k.relay.wait()
+    stop(k.inner)
 
 
 def kill_all(procs: list[psutil.Process]) -> None:
@@ -288,20 +347,31 @@ def mb(n) -> str:
 # -- the measurements ---------------------------------------------------------------------
 
 
-def pairs(rep: int, a, b):
-    """Alternate which of the two goes first, rep by rep."""
-    return (a, b) if rep % 2 == 0 else (b, a)
+def rotated(rep: int, *kernels):
+    """Rotate which goes first, rep by rep (two alternate)."""
+    i = rep % len(kernels)
+    return kernels[i:] + kernels[:i]
 
 
-def bench_roundtrip(direct: Running, proxied: Running, batches: int, per_batch: int, log) -> dict:
-    samples = {"direct": [], "proxied": []}
-    batch_ratios = []
-    for k in (direct, proxied):  # warm both
+def ratio_key(name: str, key: str = "ratio") -> str:
+    """Where kernel ``name``'s ratio to direct is kept: the proxy's under the keys it always had."""
+    return key if name == "proxied" else f"{name}_{key}"
+
+
+def relayed(kernels: list[Running]) -> list[str]:
+    """The names of the kernels compared with the direct one."""
+    return [k.name for k in kernels if k.name != "direct"]
+
+
+def bench_roundtrip(kernels: list[Running], batches: int, per_batch: int, log) -> dict:
+    samples = {k.name: [] for k in kernels}
+    batch_ratios = {name: [] for name in relayed(kernels)}
+    for k in kernels:  # warm them all
         for _ in range(50):
             k.client.execute("")
     for rep in range(batches):
         medians = {}
-        for k in pairs(rep, direct, proxied):
+        for k in rotated(rep, *kernels):
             ts = []
             for _ in range(per_batch):
                 t0 = time.perf_counter()
@@ -309,15 +379,16 @@ def bench_roundtrip(direct: Running, proxied: Running, batches: int, per_batch: 
                 ts.append(time.perf_counter() - t0)
             samples[k.name] += ts
             medians[k.name] = median(ts)
-        batch_ratios.append(medians["proxied"] / medians["direct"])
+        for name, ratios in batch_ratios.items():
+            ratios.append(medians[name] / medians["direct"])
     out = {n: {"median": median(s), "p95": p95(s), "n": len(s)} for n, s in samples.items()}
-    out["ratio_median"] = out["proxied"]["median"] / out["direct"]["median"]
-    out["ratio_p95"] = out["proxied"]["p95"] / out["direct"]["p95"]
-    out["batch_ratios"] = batch_ratios
-    log(
-        f"round trip: direct {out['direct']['median'] * 1e3:.3f} ms, proxied {out['proxied']['median'] * 1e3:.3f} ms"
-        f" (x{out['ratio_median']:.2f}; per-batch ratios {min(batch_ratios):.2f}..{max(batch_ratios):.2f})"
-    )
+    text = [f"direct {out['direct']['median'] * 1e3:.3f} ms"]
+    for name, ratios in batch_ratios.items():
+        out[ratio_key(name, "ratio_median")] = ratio = out[name]["median"] / out["direct"]["median"]
+        out[ratio_key(name, "ratio_p95")] = out[name]["p95"] / out["direct"]["p95"]
+        out[ratio_key(name, "batch_ratios")] = ratios
+        text.append(f"{name} {out[name]['median'] * 1e3:.3f} ms (x{ratio:.2f}; per-batch ratios {min(ratios):.2f}..{max(ratios):.2f})")
+    log("round trip: " + ", ".join(text))
     return out
 
 
@@ -328,7 +399,7 @@ def bench_throughput(direct: Running, proxied: Running, total_mb: int, reps: int
     res = {"direct": [], "proxied": []}
     lost = {"direct": 0, "proxied": 0}
     for rep in range(reps):
-        for k in pairs(rep, direct, proxied):
+        for k in rotated(rep, direct, proxied):
             count = [0]
             t0 = time.perf_counter()
             k.client.execute(code, count=count, timeout=900)
@@ -416,16 +487,16 @@ def comm_seconds(echo: Echo, n: int, pipelined: bool) -> float:
 COMM_MODES = {"one in flight": False, "pipelined": True}
 
 
-def bench_comms(direct: Running, proxied: Running, n: int, reps: int, log) -> dict:
+def bench_comms(kernels: list[Running], n: int, reps: int, log) -> dict:
     """Client->kernel comm messages per second, both ways of sending them, interleaved."""
-    echoes = {k.name: Echo(k) for k in (direct, proxied)}
-    for echo in echoes.values():  # warm both
+    echoes = {k.name: Echo(k) for k in kernels}
+    for echo in echoes.values():  # warm them all
         for pipelined in COMM_MODES.values():
             comm_seconds(echo, 100, pipelined)
-    res = {mode: {"direct": [], "proxied": []} for mode in COMM_MODES}
+    res = {mode: {k.name: [] for k in kernels} for mode in COMM_MODES}
     for rep in range(reps):
         for mode, pipelined in COMM_MODES.items():
-            for k in pairs(rep, direct, proxied):
+            for k in rotated(rep, *kernels):
                 rate = n / comm_seconds(echoes[k.name], n, pipelined)
                 res[mode][k.name].append(rate)
                 log(f"comms {mode} {k.name}: {rate:.0f} messages/s")
@@ -434,17 +505,18 @@ def bench_comms(direct: Running, proxied: Running, n: int, reps: int, log) -> di
     out: dict = {"n": n}
     for mode, by_kernel in res.items():
         out[mode] = {name: {"rate": median(v), "all": v} for name, v in by_kernel.items()}
-        out[mode]["ratio"] = out[mode]["proxied"]["rate"] / out[mode]["direct"]["rate"]
+        for name in relayed(kernels):
+            out[mode][ratio_key(name)] = out[mode][name]["rate"] / out[mode]["direct"]["rate"]
     return out
 
 
-def bench_buffer(direct: Running, proxied: Running, mbytes: int, reps: int, log) -> dict:
+def bench_buffer(kernels: list[Running], mbytes: int, reps: int, log) -> dict:
     """A comm_msg with one ``mbytes`` MB binary buffer, echoed back with it: seconds until the echo is in."""
     payload = os.urandom(mbytes * MiB)  # random: bytes relayed out of place would not compare equal
-    echoes = {k.name: Echo(k) for k in (direct, proxied)}
-    res = {"direct": [], "proxied": []}
-    for rep in range(-1, reps):  # rep -1 warms both
-        for k in pairs(rep, direct, proxied):
+    echoes = {k.name: Echo(k) for k in kernels}
+    res = {k.name: [] for k in kernels}
+    for rep in range(-1, reps):  # rep -1 warms them all
+        for k in rotated(rep, *kernels):
             echo = echoes[k.name]
             echo.echoes.clear()
             t0 = time.perf_counter()
@@ -462,7 +534,8 @@ def bench_buffer(direct: Running, proxied: Running, mbytes: int, reps: int, log)
     for echo in echoes.values():
         echo.close()
     out = {n: {"seconds": median(v), "all": v} for n, v in res.items()}
-    out["ratio"] = out["direct"]["seconds"] / out["proxied"]["seconds"]  # speed, as for throughput
+    for name in relayed(kernels):
+        out[ratio_key(name)] = out["direct"]["seconds"] / out[name]["seconds"]  # speed, as for throughput
     out["mb"] = mbytes
     return out
 
@@ -484,7 +557,7 @@ def cold_start(name: str) -> float:
 def bench_startup(reps: int, log) -> dict:
     res = {"direct": [], "proxied": []}
     for rep in range(reps):
-        for name in pairs(rep, "direct", "proxied"):
+        for name in rotated(rep, "direct", "proxied"):
             res[name].append(cold_start(name))
             log(f"startup {name}: {res[name][-1]:.3f} s")
     out = {n: {"median": median(v), "all": v} for n, v in res.items()}
@@ -628,11 +701,23 @@ def machine() -> dict:
     }
 
 
+def spread(ratios: list) -> str:
+    """The median of per-batch ratios, and their range."""
+    rs = sorted(ratios)
+    return f"{median(rs):.2f}x ({rs[0]:.2f}..{rs[-1]:.2f})"
+
+
+def floor_cell(res: dict, key: str, fmt=lambda x: f"{x:.2f}x") -> str:
+    """The relay floor's ratio ``key`` (see ratio_key) in ``res``, or nothing when the floor was left out."""
+    key = ratio_key("floor", key)
+    return fmt(res[key]) if key in res else ""
+
+
 def table(r: dict, m: dict, args) -> str:
     rows = []
 
-    def row(what, direct, proxied, ratio, target):
-        rows.append(f"| {what} | {direct} | {proxied} | {ratio} | {target} |")
+    def row(what, direct, proxied, ratio, target, floor=""):
+        rows.append(f"| {what} | {direct} | {proxied} | {ratio} | {floor} | {target} |")
 
     def ms(x):
         return f"{x * 1e3:.3f} ms"
@@ -643,10 +728,10 @@ def table(r: dict, m: dict, args) -> str:
     if "roundtrip" in r:
         rt = r["roundtrip"]
         n = rt["direct"]["n"]
-        row(f"round trip, empty cell, median (n={n} each)", ms(rt["direct"]["median"]), ms(rt["proxied"]["median"]), f"{rt['ratio_median']:.2f}x", "<= 1.10x")
-        row("round trip, empty cell, p95", ms(rt["direct"]["p95"]), ms(rt["proxied"]["p95"]), f"{rt['ratio_p95']:.2f}x", "")
-        br = sorted(rt["batch_ratios"])
-        row(f"round trip, per-batch median ratio ({len(br)} batches)", "", "", f"{median(br):.2f}x ({br[0]:.2f}..{br[-1]:.2f})", "")
+        row(f"round trip, empty cell, median (n={n} each)", ms(rt["direct"]["median"]), ms(rt["proxied"]["median"]), f"{rt['ratio_median']:.2f}x", "<= 1.10x", floor_cell(rt, "ratio_median"))
+        row("round trip, empty cell, p95", ms(rt["direct"]["p95"]), ms(rt["proxied"]["p95"]), f"{rt['ratio_p95']:.2f}x", "", floor_cell(rt, "ratio_p95"))
+        batches = len(rt["batch_ratios"])
+        row(f"round trip, per-batch median ratio ({batches} batches)", "", "", spread(rt["batch_ratios"]), "", floor_cell(rt, "batch_ratios", spread))
     if "throughput" in r:
         tp = r["throughput"]
         mbytes = tp["bytes"] / MiB
@@ -665,6 +750,7 @@ def table(r: dict, m: dict, args) -> str:
                 f"{c['proxied']['rate']:.0f}/s",
                 f"{c['ratio']:.2f}x",
                 ">= 0.9x",
+                floor_cell(c, "ratio"),
             )
     if "buffer" in r:
         bu = r["buffer"]
@@ -675,6 +761,7 @@ def table(r: dict, m: dict, args) -> str:
             s(bu["proxied"]["seconds"]),
             f"{bu['ratio']:.2f}x",
             ">= 0.9x",
+            floor_cell(bu, "ratio"),
         )
     if "startup" in r:
         st = r["startup"]
@@ -706,7 +793,10 @@ def table(r: dict, m: dict, args) -> str:
         row("endurance: processes under the proxy / old kernels alive", "", f"{en['children']} / {len(en['old_kernels_alive'])}", "", "1 / 0")
     if "leftovers" in r:
         row("processes left after the run", "", str(r["leftovers"]), "", "0")
-    head = ["| measure | direct | proxied | proxied/direct | target |", "| --- | ---: | ---: | ---: | --- |"]
+    head = [
+        "| measure | direct | proxied | proxied/direct | relay floor/direct | target |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     mach = "\n".join(f"- {k}: {v}" for k, v in m.items())
     return "\n".join(head + rows) + "\n\nMachine:\n" + mach + "\n"
 
@@ -715,6 +805,8 @@ def table(r: dict, m: dict, args) -> str:
 
 
 MEASURES = ("roundtrip", "throughput", "comms", "buffer", "startup", "restart", "memory", "endurance")
+#: the measures that also time the relay floor
+FLOORED = {"roundtrip", "comms", "buffer"}
 
 
 def parse(argv=None):
@@ -732,6 +824,7 @@ def parse(argv=None):
     p.add_argument("--startups", type=int, help="startup: repetitions (default 8, quick 3)")
     p.add_argument("--restarts", type=int, help="restart: repetitions (default 8, quick 3)")
     p.add_argument("--endurance", type=int, help="endurance: %%restarts in a row (default 200, quick 20)")
+    p.add_argument("--no-floor", action="store_true", help="leave out the relay floor (a forwarder on zmq's C proxy) from roundtrip, comms and buffer")
     p.add_argument("--proxy-path", default=str(REPO), help="folder put first on PYTHONPATH for the proxy (default: this repo)")
     p.add_argument("--kernel-log", help="append the kernels' stdout and stderr to this file (default: discarded)")
     p.add_argument("--json", help="also write every sample to this JSON file")
@@ -757,7 +850,7 @@ def main(argv=None) -> int:
         print(f"[{time.time() - t_start:6.1f} s] {text}", file=sys.stderr, flush=True)
 
     results: dict = {}
-    direct = proxied = None
+    direct = proxied = floor = None
     try:
         private_jupyter(root, Path(args.proxy_path).resolve())
         KERNEL_LOG["file"] = open(args.kernel_log, "ab") if args.kernel_log else open(os.devnull, "wb")
@@ -765,16 +858,20 @@ def main(argv=None) -> int:
         log(f"temporary Jupyter folders in {root}; proxy from {args.proxy_path}")
         if {"roundtrip", "throughput", "comms", "buffer", "memory"} & args.only:
             direct, proxied = start("direct"), start("proxied")
-            direct.client.wait_iopub()
-            proxied.client.wait_iopub()
+            floor = None if args.no_floor or not FLOORED & args.only else start_floor()
+            kernels = [k for k in (direct, proxied, floor) if k is not None]
+            for k in kernels:
+                k.client.wait_iopub()
             if args.hold:
                 print(f"direct kernel pid {direct.pid}; proxy pid {proxied.pid}; inner pid {inner_of(proxied).pid}")
+                if floor is not None:
+                    print(f"relay floor pid {floor.pid}; the kernel behind it {floor.inner.pid}")
                 input("Enter to go on: ")
             if "memory" in args.only:
                 results["memory"] = bench_memory(direct, proxied)
                 log(f"memory: proxy {mb(results['memory']['proxy']['rss'])}, inner {mb(results['memory']['inner']['rss'])}")
             if "roundtrip" in args.only:
-                results["roundtrip"] = bench_roundtrip(direct, proxied, args.batches, args.per_batch, log)
+                results["roundtrip"] = bench_roundtrip(kernels, args.batches, args.per_batch, log)
             if "throughput" in args.only:
                 results["throughput"] = bench_throughput(direct, proxied, args.mb, args.tp_reps, log)
                 # what relaying the output left behind in each process
@@ -784,11 +881,12 @@ def main(argv=None) -> int:
                     "inner": mem(inner_of(proxied).pid)["rss"],
                 }
             if "comms" in args.only:
-                results["comms"] = bench_comms(direct, proxied, args.comm_msgs, args.comm_reps, log)
+                results["comms"] = bench_comms(kernels, args.comm_msgs, args.comm_reps, log)
             if "buffer" in args.only:
-                results["buffer"] = bench_buffer(direct, proxied, args.buffer_mb, args.buffer_reps, log)
+                results["buffer"] = bench_buffer(kernels, args.buffer_mb, args.buffer_reps, log)
             stop(direct)
-            direct = None
+            stop(floor)
+            direct = floor = None
         if "startup" in args.only:
             results["startup"] = bench_startup(args.startups, log)
         if {"restart", "endurance"} & args.only:
@@ -808,6 +906,7 @@ def main(argv=None) -> int:
     finally:
         stop(direct)
         stop(proxied)
+        stop(floor)
         kill_all(leftovers(root))
         shutil.rmtree(root, ignore_errors=True)
     text = table(results, m, args)
