@@ -28,6 +28,7 @@ from jupyter_client.kernelspec import KernelSpec
 from traitlets import Bool, Instance
 from zmq.eventloop.zmqstream import ZMQStream
 
+from .frames import send_frames
 from .inner import InnerKernel, InnerKernels
 from .kernelbase import WrapperKernelBase
 from .provisioner import ENV_NAME, REPLY_KEY
@@ -275,9 +276,13 @@ class ProxyKernel(WrapperKernelBase):
             return await inner.relay.request(parent, ident, channel, wait_idle=wait_idle and not relayed)
         except InnerKernelDied as died:
             self._take_status_back(parent, pending.busy_relayed)
-            cell = parent if parent["header"]["msg_type"] == "execute_request" else None
-            reason = await self.rescuer.after_death(inner, str(died), cell)
-            return self._error_reply(parent, "DeadKernelError", reason)
+            return await self._after_death(parent, inner, died)
+
+    async def _after_death(self, parent: dict, inner: InnerKernel, died: InnerKernelDied) -> dict:
+        """The inner kernel died before answering ``parent``: rescue it; the error reply of the proxy's."""
+        cell = parent if parent["header"]["msg_type"] == "execute_request" else None
+        reason = await self.rescuer.after_death(inner, str(died), cell)
+        return self._error_reply(parent, "DeadKernelError", reason)
 
     def _error_reply(self, parent: dict, ename: str, evalue: str) -> dict:
         """A reply (and, for execute, the iopub error) for a failure of the proxy's own."""
@@ -475,6 +480,8 @@ class ProxyKernel(WrapperKernelBase):
         shell.  ipykernel's base takes comm messages alongside whatever holds
         the shell; a kernel only does that while a cell runs, so the proxy
         queues them behind any other request, with a busy and idle each.
+        In its turn, a request the inner kernel answers alone is relayed as
+        it is (:meth:`_relay_as_is`); the rest take ipykernel's dispatch.
         """
         header = self._routable_header(msg)
         if header is None:
@@ -487,10 +494,73 @@ class ProxyKernel(WrapperKernelBase):
             if msg_type == "interrupt_request":
                 await self.dispatch_now(msg)
                 return
-            if msg_type in COMM_MSG_TYPES and self.running_cell is None:
-                await self.dispatch_in_turn(msg)
+            if msg_type in COMM_MSG_TYPES and self.running_cell is not None:
+                await super().shell_main(subshell_id, msg)
                 return
-        await super().shell_main(subshell_id, msg)
+        await self.dispatch_in_turn(msg, self._relay_as_is if msg_type in STATUS_RELAYED else None)
+
+    async def _relay_as_is(self, msg: list) -> bool:
+        """Relay a request the inner kernel answers alone as the client signed it, and its reply as the kernel did.
+
+        The common case: no ``%restart``, no notice to show, nothing to
+        abort, a kernel to answer.  ipykernel's dispatch would re-sign and
+        re-serialize both messages for nothing.  False, having consumed
+        nothing, when the request needs ipykernel's dispatch.
+        """
+        inner = self.inner
+        if self.aborts(msg) or not self.ready.is_set() or inner is None or inner.relay is None or self.rescuer.has_notice:
+            return False
+        idents, frames = self.session.feed_identities(msg, copy=False)
+        try:
+            peek = self.session.deserialize(frames, content=False, copy=False)
+            content = self.session.unpack(peek["content"])
+        except Exception:
+            return False
+        msg_type = peek["header"]["msg_type"]
+        if not (isinstance(content, dict) and isinstance(peek["metadata"], dict)):
+            return False
+        code = content.get("code")
+        if msg_type == "execute_request" and not (isinstance(code, str) and parse_restart(code) is None):
+            return False
+        try:
+            parent = self.session.deserialize(frames, content=True, copy=False)
+        except Exception:
+            self.log.error("Invalid Message", exc_info=True)
+            return True
+        self.set_parent(idents, parent, "shell")
+        relay = inner.relay
+        relay.track_client_comm(parent)
+        pending = relay.forward(frames, parent, idents)
+        if msg_type in COMM_MSG_TYPES:
+            return True
+        if msg_type == "execute_request":
+            self.running_cell = parent
+        try:
+            await relay.request(parent, idents)
+        except InnerKernelDied as died:
+            if not pending.busy_relayed:
+                self.publish_own_status("busy", parent)
+            reply = await self._after_death(parent, inner, died)
+            self.session.send(self.shell_stream, reply["header"]["msg_type"], reply["content"], parent, idents)
+            self.publish_own_status("idle", parent)
+            return True
+        finally:
+            self.running_cell = None
+        send_frames(self.shell_stream.socket, [*idents, *pending.reply_frames], copy=False)
+        if msg_type == "execute_request":
+            await self._after_cell(parent, content, pending.reply.result()["content"], relay)
+        return True
+
+    async def _after_cell(self, parent: dict, request: dict, reply: dict, relay) -> None:
+        """What a kernel does once it has replied to a cell: count it, and abort what was sent before an error."""
+        self.execution_count = reply.get("execution_count", self.execution_count)
+        if reply.get("status") == "error" and not request.get("silent") and request.get("stop_on_error", True):
+            self._abort_queues()
+            # The inner kernel aborts what reaches it until its idle.
+            try:
+                await relay.settle(parent["header"]["msg_id"])
+            except InnerKernelDied:
+                pass
 
     def _routable_header(self, msg: list) -> dict | None:
         """The header of a shell message, or None (logged) for one ipykernel refuses before busy.

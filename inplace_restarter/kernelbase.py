@@ -70,10 +70,15 @@ class WrapperKernelBase(Kernel):
         """Handle ``msg`` alongside whatever holds the main shell, without a status (as 7.4 does comms)."""
         await self.dispatch_shell(msg, concurrent=True)
 
-    async def dispatch_in_turn(self, msg: list) -> None:
-        """Handle ``msg`` once the main shell is free, with its busy and idle."""
+    async def dispatch_in_turn(self, msg: list, relay: t.Callable[[list], t.Awaitable[bool]] | None = None) -> None:
+        """Handle ``msg`` once the main shell is free, with its busy and idle.
+
+        ``relay``, if given, may take the message instead of ipykernel's
+        dispatch, in the same turn: it returns False when it did not.
+        """
         async with self._main_asyncio_lock:
-            await self.dispatch_shell(msg)
+            if relay is None or not await relay(msg):
+                await self.dispatch_shell(msg)
 
     async def dispatch_shell(self, msg: list, /, subshell_id: str | None = None, *, concurrent: bool = False):
         """Abort exactly the execute requests received before a failed cell's reply.
@@ -92,6 +97,10 @@ class WrapperKernelBase(Kernel):
     def aborting(self) -> bool:
         """Whether the request being dispatched is one a failed cell aborts."""
         return self._aborting
+
+    def aborts(self, msg: list) -> bool:
+        """Whether a failed cell aborts ``msg``, a message not dispatched yet."""
+        return self._sequence.get(id(msg), 0) <= self._abort_through
 
     # -- status and the current request -------------------------------------------
 

@@ -19,8 +19,8 @@ import typing as t
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from jupyter_client.session import Session
-from zmq.eventloop.zmqstream import ZMQStream
+import zmq
+from jupyter_client.session import DELIM, Session
 
 from .frames import decoded, delimiter, send_frames, unpacked, verified
 
@@ -70,6 +70,8 @@ class Pending:
     relay_status: bool = False
     #: with relay_status: the inner kernel's busy has gone to the client
     busy_relayed: bool = False
+    #: the reply as the inner kernel sent it, from its delimiter on
+    reply_frames: list = field(default_factory=list)
 
     @property
     def has_reply(self) -> bool:
@@ -110,15 +112,13 @@ class Relay:
         self._seen_iopub = False
         # Replies are read by callbacks on the event loop, not awaited
         # receives: a future per message was a sixth of the proxy's CPU.
-        self._streams = []
-        for channel, handler in (
-            (client.shell_channel, self._on_reply),
-            (client.control_channel, self._on_reply),
-            (client.stdin_channel, self._on_stdin),
-        ):
-            stream = ZMQStream(channel.socket)
-            stream.on_recv(handler, copy=False)
-            self._streams.append(stream)
+        self._handlers = {
+            client.shell_channel.socket: self._on_reply,
+            client.control_channel.socket: self._on_reply,
+            client.stdin_channel.socket: self._on_stdin,
+        }
+        for socket in self._handlers:
+            self._loop.add_reader(socket.FD, self._drain, socket)
         iopub.watch(self)
 
     # -- requests -------------------------------------------------------------
@@ -144,8 +144,7 @@ class Relay:
         subshell, which the client sees back in the parent of what it causes.
         """
         header = parent["header"]
-        pending = Pending(parent, ident, skip_execute_input=skip_execute_input, relay_status=relay_status)
-        self.pending[header["msg_id"]] = pending
+        pending = self._pending(parent, ident, skip_execute_input=skip_execute_input, relay_status=relay_status)
         if subshell_id is not None and subshell_id != header.get("subshell_id"):
             self._renamed[header["msg_id"]] = header
             header = {**header, "subshell_id": subshell_id}
@@ -156,11 +155,31 @@ class Relay:
             header=header,
             metadata=parent.get("metadata") or {},
         )
-        socket = getattr(self.client, f"{channel}_channel").socket
-        send_frames(socket, [*self.session.serialize(msg), *(parent.get("buffers") or ())], copy=False)
-        if self.log.isEnabledFor(logging.DEBUG):
-            self.log.debug("-> inner %s %s", channel, header["msg_type"])
+        self._send(channel, [*self.session.serialize(msg), *(parent.get("buffers") or ())], header["msg_type"])
         return pending
+
+    def forward(self, frames: list, parent: dict, ident: list) -> Pending:
+        """Forward the client's shell request ``parent`` as the client signed it (``frames``, from its signature on).
+
+        The inner kernel shares the client's key, so the request needs no
+        new signature; its busy and idle are relayed.
+        """
+        pending = self._pending(parent, ident, relay_status=True)
+        self._send("shell", [DELIM, *frames], parent["header"]["msg_type"])
+        return pending
+
+    def _pending(self, parent: dict, ident: list, **options: t.Any) -> Pending:
+        pending = self.pending[parent["header"]["msg_id"]] = Pending(parent, ident, **options)
+        return pending
+
+    def _send(self, channel: str, frames: list, msg_type: str) -> None:
+        socket = getattr(self.client, f"{channel}_channel").socket
+        send_frames(socket, frames, copy=False)
+        # A send can take in what arrived meanwhile without waking the reader (zmq's edge-triggered FD).
+        if socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._loop.call_soon(self._drain, socket)
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug("-> inner %s %s", channel, msg_type)
 
     async def request(
         self,
@@ -268,12 +287,23 @@ class Relay:
             return None
         return msg, self.pending.get(msg["parent_header"].get("msg_id"))
 
+    def _drain(self, socket: zmq.Socket) -> None:
+        """Hand every message waiting on ``socket`` to its handler."""
+        handler = self._handlers[socket]
+        while not self._closed:
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            handler(frames)
+
     def _on_reply(self, frames: list) -> None:
         answer = self._answer(frames, "shell or control")
         if answer is None:
             return
         msg, pending = answer
         if pending is not None and not pending.reply.done():
+            pending.reply_frames = frames[delimiter(frames) :]
             pending.reply.set_result(msg)
 
     # -- in the iopub relay's thread ---------------------------------------------
@@ -381,9 +411,8 @@ class Relay:
         if request is None:
             self.log.warning("Dropped an input_reply nobody asked for")
             return
-        self.session.send(
-            self.client.stdin_channel.socket, "input_reply", msg["content"], parent=request["header"]
-        )
+        reply = self.session.msg("input_reply", msg["content"], parent=request["header"])
+        self._send("stdin", self.session.serialize(reply), "input_reply")
 
     def _track_comm(self, msg_type: str, content: dict) -> None:
         comm_id = content.get("comm_id")
@@ -402,10 +431,10 @@ class Relay:
 
     def close(self) -> None:
         self._iopub.unwatch(self)
-        for stream in self._streams:
-            # Unregisters the socket from the loop before closing it, so its
-            # file descriptor can serve a later incarnation's socket.
-            stream.close(linger=0)
+        for socket in self._handlers:
+            # Before the socket closes, so its file descriptor can serve a
+            # later incarnation's socket.
+            self._loop.remove_reader(socket.FD)
         self._closed = True
         self._abandon()
         self.client.stop_channels()

@@ -7,6 +7,7 @@ the same connection, then removes and compares the kernel.json.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -33,9 +34,16 @@ def cli_ok(*args: str) -> str:
 
 
 def processes_running(km, module: str) -> list[int]:
-    """Pids of ``python -m module`` among the kernel Jupyter started and its descendants."""
-    tree = [psutil.Process(km.provisioner.pid), *descendants(km.provisioner.pid)]
-    return sorted(p.pid for p in tree if p.cmdline()[1:3] == ["-m", module])
+    """Pids of ``python -m module`` among the kernel Jupyter started and its live descendants.
+
+    One that exits meanwhile (the launcher of a kernel just restarted) is not running.
+    """
+    pids = []
+    for p in [psutil.Process(km.provisioner.pid), *descendants(km.provisioner.pid)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.cmdline()[1:3] == ["-m", module]:
+                pids.append(p.pid)
+    return sorted(pids)
 
 
 def python_restarts_in_place(km, kc) -> None:
