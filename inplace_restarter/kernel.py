@@ -22,6 +22,7 @@ import time
 import typing as t
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpec
@@ -483,9 +484,10 @@ class ProxyKernel(WrapperKernelBase):
         In its turn, a request the inner kernel answers alone is relayed as
         it is (:meth:`_relay_as_is`); the rest take ipykernel's dispatch.
         """
-        header = self._routable_header(msg)
-        if header is None:
+        peek = self._routable(msg)
+        if peek is None:
             return
+        header = peek["header"]
         if header.get("subshell_id") is not None:
             await self._on_subshell(msg)
             return
@@ -497,22 +499,21 @@ class ProxyKernel(WrapperKernelBase):
             if msg_type in COMM_MSG_TYPES and self.running_cell is not None:
                 await super().shell_main(subshell_id, msg)
                 return
-        await self.dispatch_in_turn(msg, self._relay_as_is if msg_type in STATUS_RELAYED else None)
+        await self.dispatch_in_turn(msg, partial(self._relay_as_is, peek=peek) if msg_type in STATUS_RELAYED else None)
 
-    async def _relay_as_is(self, msg: list) -> bool:
+    async def _relay_as_is(self, msg: list, peek: dict) -> bool:
         """Relay a request the inner kernel answers alone as the client signed it, and its reply as the kernel did.
 
         The common case: no ``%restart``, no notice to show, nothing to
         abort, a kernel to answer.  ipykernel's dispatch would re-sign and
         re-serialize both messages for nothing.  False, having consumed
-        nothing, when the request needs ipykernel's dispatch.
+        nothing, when the request needs ipykernel's dispatch.  ``peek`` is
+        the message read without its content (see _routable).
         """
         inner = self.inner
         if self.aborts(msg) or not self.ready.is_set() or inner is None or inner.relay is None or self.rescuer.has_notice:
             return False
-        idents, frames = self.session.feed_identities(msg, copy=False)
         try:
-            peek = self.session.deserialize(frames, content=False, copy=False)
             content = self.session.unpack(peek["content"])
         except Exception:
             return False
@@ -522,7 +523,9 @@ class ProxyKernel(WrapperKernelBase):
         code = content.get("code")
         if msg_type == "execute_request" and not (isinstance(code, str) and parse_restart(code) is None):
             return False
+        idents, frames = self.session.feed_identities(msg, copy=False)
         try:
+            # Reads the content again, to record the signature against replays as ipykernel does.
             parent = self.session.deserialize(frames, content=True, copy=False)
         except Exception:
             self.log.error("Invalid Message", exc_info=True)
@@ -562,8 +565,8 @@ class ProxyKernel(WrapperKernelBase):
             except InnerKernelDied:
                 pass
 
-    def _routable_header(self, msg: list) -> dict | None:
-        """The header of a shell message, or None (logged) for one ipykernel refuses before busy.
+    def _routable(self, msg: list) -> dict | None:
+        """A shell message read without its content, or None (logged) for one ipykernel refuses before busy.
 
         ipykernel 7's shell channel thread reads each message's header, and a
         comm_msg's or comm_close's content, to route it; a message it cannot
@@ -578,7 +581,7 @@ class ProxyKernel(WrapperKernelBase):
         except Exception:
             self.log.error("Invalid message", exc_info=True)
             return None
-        return header_only["header"]
+        return header_only
 
     def pre_handler_hook(self) -> None:
         """SIGINT is the inner kernel's business: the proxy's handler forwards it."""
