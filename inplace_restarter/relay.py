@@ -4,9 +4,11 @@ Requests are forwarded with the client's own header, so the inner kernel's
 replies and iopub output already carry the client's request as parent.  The
 inner kernel signs with the client's key, and the proxy takes on its session
 id, so iopub output goes to the client frame for frame as the kernel sent it,
-from the iopub relay's thread (see iopub).  Content is never decoded on the
-way out, except for the few messages whose meaning the proxy needs (status,
-and comm_open/comm_close to know which comms to close on restart).
+from the iopub relay's thread (see iopub); so do plain requests on their way
+in (:meth:`Relay.forward`) and their replies on the way out.  Content is never
+decoded on the way out, except for the few messages whose meaning the proxy
+needs (a reply, status, and comm_open/comm_close to know which comms to close
+on restart).
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ class Relay:
         self._iopub = iopub
         self._seen_iopub = False
         # Replies are read by callbacks on the event loop, not awaited
-        # receives: a future per message was a sixth of the proxy's CPU.
+        # receives (a future per message was a sixth of the proxy's CPU), and
+        # by a plain reader: ZMQStream polled each socket again per message.
         self._handlers = {
             client.shell_channel.socket: self._on_reply,
             client.control_channel.socket: self._on_reply,
