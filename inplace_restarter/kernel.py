@@ -29,7 +29,7 @@ from jupyter_client.kernelspec import KernelSpec
 from traitlets import Bool, Instance
 from zmq.eventloop.zmqstream import ZMQStream
 
-from .frames import send_frames
+from .frames import read, send_frames
 from .inner import InnerKernel, InnerKernels
 from .kernelbase import WrapperKernelBase
 from .provisioner import ENV_NAME, REPLY_KEY
@@ -526,7 +526,7 @@ class ProxyKernel(WrapperKernelBase):
         idents, frames = self.session.feed_identities(msg, copy=False)
         try:
             # Reads the content again, to record the signature against replays as ipykernel does.
-            parent = self.session.deserialize(frames, content=True, copy=False)
+            parent = read(self.session, frames, content=True)
         except Exception:
             self.log.error("Invalid Message", exc_info=True)
             return True
@@ -574,7 +574,7 @@ class ProxyKernel(WrapperKernelBase):
         """
         try:
             _, frames = self.session.feed_identities(msg, copy=False)
-            header_only = self.session.deserialize(frames, content=False, copy=False)
+            header_only = read(self.session, frames, content=False)
             msg_type = header_only["header"]["msg_type"]
             if msg_type in ("comm_msg", "comm_close"):
                 self.session.unpack(header_only["content"]).get("comm_id")

@@ -17,7 +17,7 @@ import pytest
 import zmq
 from jupyter_client.session import DELIM, Session
 
-from inplace_restarter.frames import decoded, delimiter, send_frames, unpacked, verified
+from inplace_restarter.frames import decoded, delimiter, read, send_frames, unpacked, verified
 
 KEY = uuid.uuid4().hex.encode()
 
@@ -216,3 +216,55 @@ def test_send_frames_sends_a_single_frame(pair):
     send_frames(sender, [b"only"])
     assert receiver.poll(10_000)
     assert receiver.recv_multipart() == [b"only"]
+
+
+# -- read: a client's request, as Session.deserialize checks it -------------------------
+
+
+def after_identities(session: Session, frames: list) -> list:
+    return session.feed_identities(frames, copy=False)[1]
+
+
+@pytest.mark.parametrize("content", [True, False])
+def test_read_gives_what_session_deserialize_gives_but_the_dates(pair, session, content):
+    msg = message(session, metadata={"cellId": "c1"})
+    frames = after_identities(session, through(pair, raw(session, msg, [b"client"], [b"buffer"])))
+    mine = read(session, frames, content=content)
+    theirs = Session(key=KEY).deserialize(frames, content=content, copy=False)
+    assert mine["header"] == {**theirs["header"], "date": json.loads(frames[1].bytes)["date"]}
+    assert (mine["parent_header"], mine["metadata"]) == (theirs["parent_header"], theirs["metadata"])
+    assert (mine["msg_id"], mine["msg_type"]) == (msg["header"]["msg_id"], "execute_request")
+    assert [bytes(b) for b in mine["buffers"]] == [b"buffer"]
+    if content:
+        assert mine["content"] == theirs["content"] == msg["content"]
+    else:
+        assert session.unpack(mine["content"]) == msg["content"]
+
+
+def test_read_with_content_spends_the_signature_as_ipykernel_does_and_refuses_a_replay(pair, session):
+    frames = after_identities(session, through(pair, raw(session, message(session))))
+    read(session, frames, content=False)
+    read(session, frames, content=True)
+    with pytest.raises(ValueError, match="Duplicate Signature"):
+        read(session, frames, content=False)
+
+
+@pytest.mark.parametrize("spoil", ["signature", "header", "unsigned"])
+def test_read_refuses_a_message_not_signed_with_the_connections_key(pair, session, spoil):
+    frames = raw(session, message(session))
+    index = {"signature": 1, "header": 2, "unsigned": 1}[spoil]
+    frames[index] = b"" if spoil == "unsigned" else frames[index] + b" "
+    with pytest.raises(ValueError, match="Unsigned|Invalid Signature"):
+        read(session, after_identities(session, through(pair, frames)), content=True)
+
+
+def test_read_refuses_a_message_missing_frames_or_its_msg_id(pair, session):
+    frames = raw(session, message(session))
+    with pytest.raises(TypeError):
+        read(session, after_identities(session, through(pair, frames[:4])), content=False)
+    header = json.loads(frames[2])
+    del header["msg_id"]
+    msg = message(session)
+    msg["header"] = header
+    with pytest.raises(KeyError):
+        read(session, after_identities(session, through(pair, raw(session, msg))), content=False)
