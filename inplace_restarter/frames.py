@@ -69,6 +69,13 @@ def unpacked(parts: list, buffers: list) -> dict:
 
 
 
+def spend(session: Session, signature: bytes) -> None:
+    """Record a request's signature against replays, as reading its content does; ValueError if spent already."""
+    if signature in session.digest_history:
+        raise ValueError(f"Duplicate Signature: {signature!r}")
+    session._add_digest(signature)
+
+
 def read(session: Session, frames: list, content: bool) -> dict:
     """``Session.deserialize`` of a message after its identities, dates left as strings.
 
@@ -88,10 +95,10 @@ def read(session: Session, frames: list, content: bool) -> dict:
     if session.auth is not None:
         if not signature:
             raise ValueError("Unsigned Message")
-        if signature in session.digest_history:
-            raise ValueError(f"Duplicate Signature: {signature!r}")
         if content:
-            session._add_digest(signature)
+            spend(session, signature)
+        elif signature in session.digest_history:
+            raise ValueError(f"Duplicate Signature: {signature!r}")
         if not compare_digest(signature, session.sign(parts)):
             raise ValueError(f"Invalid Signature: {signature!r}")
     header = session.unpack(parts[0])

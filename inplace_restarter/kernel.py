@@ -29,7 +29,7 @@ from jupyter_client.kernelspec import KernelSpec
 from traitlets import Bool, Instance
 from zmq.eventloop.zmqstream import ZMQStream
 
-from .frames import read, send_frames
+from .frames import read, send_frames, spend
 from .inner import InnerKernel, InnerKernels
 from .kernelbase import WrapperKernelBase
 from .provisioner import ENV_NAME, REPLY_KEY
@@ -524,12 +524,14 @@ class ProxyKernel(WrapperKernelBase):
         if msg_type == "execute_request" and not (isinstance(code, str) and parse_restart(code) is None):
             return False
         idents, frames = self.session.feed_identities(msg, copy=False)
-        try:
-            # Reads the content again, to record the signature against replays as ipykernel does.
-            parent = read(self.session, frames, content=True)
-        except Exception:
-            self.log.error("Invalid Message", exc_info=True)
-            return True
+        if self.session.auth is not None:
+            try:
+                # Checked by _routable when the message came; a replay since is refused now, as ipykernel does.
+                spend(self.session, frames[0].bytes)
+            except ValueError:
+                self.log.error("Invalid Message", exc_info=True)
+                return True
+        parent = {**peek, "content": content}
         self.set_parent(idents, parent, "shell")
         relay = inner.relay
         relay.track_client_comm(parent)
@@ -544,8 +546,7 @@ class ProxyKernel(WrapperKernelBase):
             if not pending.busy_relayed:
                 self.publish_own_status("busy", parent)
             reply = await self._after_death(parent, inner, died)
-            self.session.send(self.shell_stream, reply["header"]["msg_type"], reply["content"], parent, idents)
-            self.publish_own_status("idle", parent)
+            self._answer_alone(parent, idents, reply["content"])
             return True
         finally:
             self.running_cell = None
@@ -752,7 +753,7 @@ class ProxyKernel(WrapperKernelBase):
             self.publish_own_status("idle", parent)
 
     def _answer_alone(self, parent: dict, ident: list, content: dict) -> None:
-        """End a subshell's request the inner kernel cannot answer, after its busy: the reply, then idle."""
+        """End a request the inner kernel cannot answer, after its busy: the proxy's reply, then idle."""
         reply_type = parent["header"]["msg_type"].replace("_request", "_reply")
         self.session.send(self.shell_stream, reply_type, content, parent, ident)
         self.publish_own_status("idle", parent)
