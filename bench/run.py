@@ -260,7 +260,12 @@ def start_floor() -> Floor:
         write_connection_file(str(outer), key=session.key, signature_scheme=session.signature_scheme, ip="127.0.0.1")
         # both connection files are in the temporary folder: leftovers() finds the forwarder by its command line
         out = KERNEL_LOG["file"]
-        relay = subprocess.Popen([PYTHON, str(RELAY_FLOOR), inner.km.connection_file, str(outer)], stdout=out, stderr=out, cwd=KERNEL_LOG["cwd"])
+        relay = subprocess.Popen(
+            [PYTHON, str(RELAY_FLOOR), inner.km.connection_file, str(outer)],
+            stdout=out,
+            stderr=out,
+            cwd=KERNEL_LOG["cwd"],
+        )
     except BaseException:
         stop(inner)
         raise
@@ -387,7 +392,9 @@ def bench_roundtrip(kernels: list[Running], batches: int, per_batch: int, log) -
         out[ratio_key(name, "ratio_median")] = ratio = out[name]["median"] / out["direct"]["median"]
         out[ratio_key(name, "ratio_p95")] = out[name]["p95"] / out["direct"]["p95"]
         out[ratio_key(name, "batch_ratios")] = ratios
-        text.append(f"{name} {out[name]['median'] * 1e3:.3f} ms (x{ratio:.2f}; per-batch ratios {min(ratios):.2f}..{max(ratios):.2f})")
+        text.append(
+            f"{name} {out[name]['median'] * 1e3:.3f} ms (x{ratio:.2f}; per-batch ratios {min(ratios):.2f}..{max(ratios):.2f})"
+        )
     log("round trip: " + ", ".join(text))
     return out
 
@@ -476,7 +483,9 @@ def comm_seconds(echo: Echo, n: int, pipelined: bool) -> float:
             echo.client.drain_iopub(echo.handle)
         else:
             echo.await_idle()
-    echo.client.pump(echo.handle, lambda: len(echo.echoes) >= n, 120, f"echo of all {n} comm messages (got {len(echo.echoes)})")
+    echo.client.pump(
+        echo.handle, lambda: len(echo.echoes) >= n, 120, f"echo of all {n} comm messages (got {len(echo.echoes)})"
+    )
     dt = time.perf_counter() - t0
     echo.await_idle()  # the last message's idle: nothing of this run left for the next
     if [seq for seq, _ in echo.echoes] != list(range(n)):
@@ -728,18 +737,51 @@ def table(r: dict, m: dict, args) -> str:
     if "roundtrip" in r:
         rt = r["roundtrip"]
         n = rt["direct"]["n"]
-        row(f"round trip, empty cell, median (n={n} each)", ms(rt["direct"]["median"]), ms(rt["proxied"]["median"]), f"{rt['ratio_median']:.2f}x", "<= 1.10x", floor_cell(rt, "ratio_median"))
-        row("round trip, empty cell, p95", ms(rt["direct"]["p95"]), ms(rt["proxied"]["p95"]), f"{rt['ratio_p95']:.2f}x", "", floor_cell(rt, "ratio_p95"))
+        row(
+            f"round trip, empty cell, median (n={n} each)",
+            ms(rt["direct"]["median"]),
+            ms(rt["proxied"]["median"]),
+            f"{rt['ratio_median']:.2f}x",
+            "<= 1.10x",
+            floor_cell(rt, "ratio_median"),
+        )
+        row(
+            "round trip, empty cell, p95",
+            ms(rt["direct"]["p95"]),
+            ms(rt["proxied"]["p95"]),
+            f"{rt['ratio_p95']:.2f}x",
+            "",
+            floor_cell(rt, "ratio_p95"),
+        )
         batches = len(rt["batch_ratios"])
-        row(f"round trip, per-batch median ratio ({batches} batches)", "", "", spread(rt["batch_ratios"]), "", floor_cell(rt, "batch_ratios", spread))
+        row(
+            f"round trip, per-batch median ratio ({batches} batches)",
+            "",
+            "",
+            spread(rt["batch_ratios"]),
+            "",
+            floor_cell(rt, "batch_ratios", spread),
+        )
     if "throughput" in r:
         tp = r["throughput"]
         mbytes = tp["bytes"] / MiB
-        row(f"output throughput, {mbytes:g} MB in 1 KiB lines", f"{tp['direct']['mbps']:.1f} MB/s", f"{tp['proxied']['mbps']:.1f} MB/s", f"{tp['ratio']:.2f}x", ">= 0.95x")
+        row(
+            f"output throughput, {mbytes:g} MB in 1 KiB lines",
+            f"{tp['direct']['mbps']:.1f} MB/s",
+            f"{tp['proxied']['mbps']:.1f} MB/s",
+            f"{tp['ratio']:.2f}x",
+            ">= 0.95x",
+        )
         row("output bytes lost (all reps)", str(tp["lost"]["direct"]), str(tp["lost"]["proxied"]), "", "0")
         ra = tp.get("rss_after")
         if ra:
-            row("RSS after the output cells: direct kernel / proxy (inner kernel)", mb(ra["direct"]), f"{mb(ra['proxy'])} ({mb(ra['inner'])})", "", "")
+            row(
+                "RSS after the output cells: direct kernel / proxy (inner kernel)",
+                mb(ra["direct"]),
+                f"{mb(ra['proxy'])} ({mb(ra['inner'])})",
+                "",
+                "",
+            )
     if "comms" in r:
         co = r["comms"]
         for mode in COMM_MODES:
@@ -765,19 +807,61 @@ def table(r: dict, m: dict, args) -> str:
         )
     if "startup" in r:
         st = r["startup"]
-        row(f"startup, launch to first execute reply (n={len(st['direct']['all'])})", s(st["direct"]["median"]), s(st["proxied"]["median"]), f"{st['ratio']:.2f}x", "<= 1.3x")
+        row(
+            f"startup, launch to first execute reply (n={len(st['direct']['all'])})",
+            s(st["direct"]["median"]),
+            s(st["proxied"]["median"]),
+            f"{st['ratio']:.2f}x",
+            "<= 1.3x",
+        )
     if "restart" in r:
         rs = r["restart"]
         n = len(rs["%restart"]["all"])
-        row(f"restart until the kernel answers (n={n}): cold start vs %restart", s(rs["cold start"]["median"]), s(rs["%restart"]["median"]), f"{rs['ratio_cold']:.2f}x", "<= 1.1x")
-        row("restart: KernelManager.restart_kernel vs %restart", s(rs["restart_kernel"]["median"]), s(rs["%restart"]["median"]), f"{rs['ratio_restart_kernel']:.2f}x", "< 1x")
-        row("restart with --standby: cold start vs %restart", s(rs["cold start"]["median"]), s(rs["%restart --standby"]["median"]), f"{rs['ratio_standby']:.2f}x", "well under 0.1 s")
+        row(
+            f"restart until the kernel answers (n={n}): cold start vs %restart",
+            s(rs["cold start"]["median"]),
+            s(rs["%restart"]["median"]),
+            f"{rs['ratio_cold']:.2f}x",
+            "<= 1.1x",
+        )
+        row(
+            "restart: KernelManager.restart_kernel vs %restart",
+            s(rs["restart_kernel"]["median"]),
+            s(rs["%restart"]["median"]),
+            f"{rs['ratio_restart_kernel']:.2f}x",
+            "< 1x",
+        )
+        row(
+            "restart with --standby: cold start vs %restart",
+            s(rs["cold start"]["median"]),
+            s(rs["%restart --standby"]["median"]),
+            f"{rs['ratio_standby']:.2f}x",
+            "well under 0.1 s",
+        )
     if "memory" in r:
         me = r["memory"]
-        row("memory RSS: inner kernel vs proxy", mb(me["inner"]["rss"]), mb(me["proxy"]["rss"]), f"{me['ratio_rss']:.2f}x", "<= 0.8x")
+        row(
+            "memory RSS: inner kernel vs proxy",
+            mb(me["inner"]["rss"]),
+            mb(me["proxy"]["rss"]),
+            f"{me['ratio_rss']:.2f}x",
+            "<= 0.8x",
+        )
         if "ratio_pss" in me:
-            row("memory PSS: inner kernel vs proxy", mb(me["inner"]["pss"]), mb(me["proxy"]["pss"]), f"{me['ratio_pss']:.2f}x", "")
-            row("memory USS: inner kernel vs proxy", mb(me["inner"]["uss"]), mb(me["proxy"]["uss"]), f"{me['ratio_uss']:.2f}x", "")
+            row(
+                "memory PSS: inner kernel vs proxy",
+                mb(me["inner"]["pss"]),
+                mb(me["proxy"]["pss"]),
+                f"{me['ratio_pss']:.2f}x",
+                "",
+            )
+            row(
+                "memory USS: inner kernel vs proxy",
+                mb(me["inner"]["uss"]),
+                mb(me["proxy"]["uss"]),
+                f"{me['ratio_uss']:.2f}x",
+                "",
+            )
         row("memory RSS of the direct kernel (for scale)", mb(me["direct"]["rss"]), "", "", "")
     if "endurance" in r:
         en = r["endurance"]
@@ -788,9 +872,27 @@ def table(r: dict, m: dict, args) -> str:
             "",
             "< 5 MB",
         )
-        row("endurance: proxy open fds before -> after", "", f"{en['before']['fds']} -> {en['after']['fds']}", "", "no growth")
-        row("endurance: proxy threads before -> after", "", f"{en['before']['threads']} -> {en['after']['threads']}", "", "")
-        row("endurance: processes under the proxy / old kernels alive", "", f"{en['children']} / {len(en['old_kernels_alive'])}", "", "1 / 0")
+        row(
+            "endurance: proxy open fds before -> after",
+            "",
+            f"{en['before']['fds']} -> {en['after']['fds']}",
+            "",
+            "no growth",
+        )
+        row(
+            "endurance: proxy threads before -> after",
+            "",
+            f"{en['before']['threads']} -> {en['after']['threads']}",
+            "",
+            "",
+        )
+        row(
+            "endurance: processes under the proxy / old kernels alive",
+            "",
+            f"{en['children']} / {len(en['old_kernels_alive'])}",
+            "",
+            "1 / 0",
+        )
     if "leftovers" in r:
         row("processes left after the run", "", str(r["leftovers"]), "", "0")
     head = [
@@ -824,14 +926,36 @@ def parse(argv=None):
     p.add_argument("--startups", type=int, help="startup: repetitions (default 8, quick 3)")
     p.add_argument("--restarts", type=int, help="restart: repetitions (default 8, quick 3)")
     p.add_argument("--endurance", type=int, help="endurance: %%restarts in a row (default 200, quick 20)")
-    p.add_argument("--no-floor", action="store_true", help="leave out the relay floor (a forwarder on zmq's C proxy) from roundtrip, comms and buffer")
-    p.add_argument("--proxy-path", default=str(REPO), help="folder put first on PYTHONPATH for the proxy (default: this repo)")
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="leave out the relay floor (a forwarder on zmq's C proxy) from roundtrip, comms and buffer",
+    )
+    p.add_argument(
+        "--proxy-path", default=str(REPO), help="folder put first on PYTHONPATH for the proxy (default: this repo)"
+    )
     p.add_argument("--kernel-log", help="append the kernels' stdout and stderr to this file (default: discarded)")
     p.add_argument("--json", help="also write every sample to this JSON file")
-    p.add_argument("--hold", action="store_true", help="print the kernels' pids and wait for Enter before measuring (for profilers)")
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        help="print the kernels' pids and wait for Enter before measuring (for profilers)",
+    )
     a = p.parse_args(argv)
     q = a.quick
-    defaults = dict(batches=(6, 20), per_batch=(100, 200), mb=(10, 100), tp_reps=(1, 3), comm_msgs=(500, 2000), comm_reps=(1, 3), buffer_mb=(50, 50), buffer_reps=(3, 10), startups=(3, 8), restarts=(3, 8), endurance=(20, 200))
+    defaults = dict(
+        batches=(6, 20),
+        per_batch=(100, 200),
+        mb=(10, 100),
+        tp_reps=(1, 3),
+        comm_msgs=(500, 2000),
+        comm_reps=(1, 3),
+        buffer_mb=(50, 50),
+        buffer_reps=(3, 10),
+        startups=(3, 8),
+        restarts=(3, 8),
+        endurance=(20, 200),
+    )
     for k, (quick, full) in defaults.items():
         if getattr(a, k) is None:
             setattr(a, k, quick if q else full)
@@ -869,7 +993,9 @@ def main(argv=None) -> int:
                 input("Enter to go on: ")
             if "memory" in args.only:
                 results["memory"] = bench_memory(direct, proxied)
-                log(f"memory: proxy {mb(results['memory']['proxy']['rss'])}, inner {mb(results['memory']['inner']['rss'])}")
+                log(
+                    f"memory: proxy {mb(results['memory']['proxy']['rss'])}, inner {mb(results['memory']['inner']['rss'])}"
+                )
             if "roundtrip" in args.only:
                 results["roundtrip"] = bench_roundtrip(kernels, args.batches, args.per_batch, log)
             if "throughput" in args.only:

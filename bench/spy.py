@@ -82,7 +82,19 @@ def main() -> int:
         proxied.client.wait_iopub()
         for _ in range(50):
             proxied.client.execute("")
-        cmd = ["py-spy", "record", "--pid", str(proxied.pid), "--rate", str(a.rate), "--format", "raw", "--output", str(raw), "--threads"]
+        cmd = [
+            "py-spy",
+            "record",
+            "--pid",
+            str(proxied.pid),
+            "--rate",
+            str(a.rate),
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--threads",
+        ]
         if a.idle:
             cmd.append("--idle")
         if a.gil:

@@ -101,13 +101,19 @@ def plan_install(entry, user: bool = False, outside: bool = False) -> Change:
         if target.exists():
             raise SpecError(f"{entry.name!r}: {target} already exists, so the spec cannot be copied there")
         if not user_copy_wins(entry.resource_dir):
-            raise SpecError(f"{entry.name!r}: a copy in {target.parent} would be hidden by {entry.resource_dir}, which Jupyter searches first")
+            raise SpecError(
+                f"{entry.name!r}: a copy in {target.parent} would be hidden by {entry.resource_dir}, which Jupyter searches first"
+            )
     elif not writable(target):
         raise SpecError(
             f"{entry.name!r} is in {target}, which you cannot write (a system-wide spec?); "
             f"add --user to install on a copy in {user_kernels_dir()}"
         )
-    done = f"migrated {entry.name!r} in {target} from the 0.1.0 form" if entry.legacy else f"installed {entry.name!r} in {target}"
+    done = (
+        f"migrated {entry.name!r} in {target} from the 0.1.0 form"
+        if entry.legacy
+        else f"installed {entry.name!r} in {target}"
+    )
     message = f"{done}: the proxy runs with {placement.python}, {placement.why}"
     if placement.order:
         message += f"\n  {placement.summary()}"
@@ -125,7 +131,12 @@ def plan_remove(entry) -> Change:
         raise SpecError(f"{entry.name!r} is not installed: {where}")
     if not writable(entry.resource_dir):
         raise SpecError(f"{entry.name!r} is in {entry.resource_dir}, which you cannot write")
-    return Change(entry.name, entry.resource_dir, unwrapped(entry.spec), f"removed from {entry.name!r} in {entry.resource_dir}: its argv is restored")
+    return Change(
+        entry.name,
+        entry.resource_dir,
+        unwrapped(entry.spec),
+        f"removed from {entry.name!r} in {entry.resource_dir}: its argv is restored",
+    )
 
 
 def apply(entries: list, plan: Callable) -> int:
@@ -159,8 +170,11 @@ def cmd_list(args) -> int:
         data = {
             state: [
                 {
-                    "name": e.name, "resource_dir": str(e.resource_dir), "reason": e.reason or None,
-                    "legacy": e.legacy, "restart": summary_of(e.spec) if e.state != UNKNOWN else None,
+                    "name": e.name,
+                    "resource_dir": str(e.resource_dir),
+                    "reason": e.reason or None,
+                    "legacy": e.legacy,
+                    "restart": summary_of(e.spec) if e.state != UNKNOWN else None,
                     "restart_button_in_place": restart_button(e)[0],
                 }
                 for e in group
@@ -189,7 +203,9 @@ def cmd_list(args) -> int:
                 print(f"    {' ' * width}  {summary}")
             if state == INSTALLED:
                 in_place, why = restart_button(e)
-                print(f"    {' ' * width}  Jupyter's Restart button restarts {'in place' if in_place else 'the whole kernel'} ({why})")
+                print(
+                    f"    {' ' * width}  Jupyter's Restart button restarts {'in place' if in_place else 'the whole kernel'} ({why})"
+                )
         if group and command:
             print(f"  to {command}: {prog()} {command} {' '.join(shlex.quote(e.name) for e in group)}")
     return 0
@@ -231,7 +247,9 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("install", help="start these kernels through the proxy")
     p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--user", action="store_true", help="install on a copy in your own kernels folder (for specs you cannot write)")
+    p.add_argument(
+        "--user", action="store_true", help="install on a copy in your own kernels folder (for specs you cannot write)"
+    )
     p.add_argument(
         "--outside",
         action="store_true",

@@ -68,7 +68,6 @@ def unpacked(parts: list, buffers: list) -> dict:
     return {"header": header, "parent_header": parent, "metadata": metadata, "content": content, "buffers": buffers}
 
 
-
 def spend(session: Session, signature: bytes) -> None:
     """Record a request's signature against replays, as reading its content does; ValueError if spent already."""
     if signature in session.digest_history:

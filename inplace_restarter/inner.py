@@ -376,7 +376,9 @@ class InnerKernel(LoggingConfigurable):
             try:
                 await asyncio.wait_for(asyncio.shield(self.exited), self.launcher_grace)
             except TimeoutError:
-                self.log.warning("Launcher %s still running %g s after SIGTERM; killing it", self.pid, self.launcher_grace)
+                self.log.warning(
+                    "Launcher %s still running %g s after SIGTERM; killing it", self.pid, self.launcher_grace
+                )
                 signal_leader(self._process, signal.SIGKILL)
         try:
             await asyncio.wait_for(asyncio.shield(self.exited), 5)

@@ -175,5 +175,8 @@ class IOPubRelay:
             if frame[:1] == b"\x01":
                 topic = frame[1:]
                 self.session.send(
-                    self.socket, "iopub_welcome", {"subscription": topic.decode("utf-8", "replace")}, ident=topic or None
+                    self.socket,
+                    "iopub_welcome",
+                    {"subscription": topic.decode("utf-8", "replace")},
+                    ident=topic or None,
                 )

@@ -55,8 +55,15 @@ FORWARDED_FEATURES = ("debugger", SUBSHELLS)
 COMM_MSG_TYPES = ("comm_open", "comm_msg", "comm_close")
 #: shell requests the inner kernel answers alone, its own busy and idle included
 STATUS_RELAYED = frozenset(
-    {"execute_request", "complete_request", "inspect_request", "is_complete_request", "history_request",
-     "comm_info_request", *COMM_MSG_TYPES}
+    {
+        "execute_request",
+        "complete_request",
+        "inspect_request",
+        "is_complete_request",
+        "history_request",
+        "comm_info_request",
+        *COMM_MSG_TYPES,
+    }
 )
 
 
@@ -254,9 +261,7 @@ class ProxyKernel(WrapperKernelBase):
         self._reply_metadata.set(reply["metadata"])
         return reply["content"]
 
-    async def _request(
-        self, parent: dict, ident: list, channel: str, wait_idle: bool = True, **options: t.Any
-    ) -> dict:
+    async def _request(self, parent: dict, ident: list, channel: str, wait_idle: bool = True, **options: t.Any) -> dict:
         """Forward ``parent`` to the inner kernel; its reply message, or an error reply of the proxy's.
 
         ``wait_idle`` waits for the request's output to be relayed, before the
@@ -266,9 +271,7 @@ class ProxyKernel(WrapperKernelBase):
         relayed = parent["header"]["msg_id"] in self._status_relayed
         if self.inner is None or self.inner.relay is None:
             self._take_status_back(parent, busy_relayed=False)
-            return self._error_reply(
-                parent, "DeadKernelError", "The kernel is not running; run %restart to start it"
-            )
+            return self._error_reply(parent, "DeadKernelError", "The kernel is not running; run %restart to start it")
         inner = self.inner
         if relayed:
             self._status_relayed[parent["header"]["msg_id"]] = True
@@ -511,7 +514,13 @@ class ProxyKernel(WrapperKernelBase):
         the message read without its content (see _routable).
         """
         inner = self.inner
-        if self.aborts(msg) or not self.ready.is_set() or inner is None or inner.relay is None or self.rescuer.has_notice:
+        if (
+            self.aborts(msg)
+            or not self.ready.is_set()
+            or inner is None
+            or inner.relay is None
+            or self.rescuer.has_notice
+        ):
             return False
         try:
             content = self.session.unpack(peek["content"])
@@ -592,7 +601,9 @@ class ProxyKernel(WrapperKernelBase):
 
     def _send_input_request(self, msg: dict, pending: Pending) -> None:
         """The inner kernel's input_request, to the client that sent the request asking for input."""
-        self.session.send(self.stdin_socket, "input_request", msg["content"], parent=pending.parent, ident=pending.ident)
+        self.session.send(
+            self.stdin_socket, "input_request", msg["content"], parent=pending.parent, ident=pending.ident
+        )
 
     def _on_stdin(self, frames: list) -> None:
         """The client's input_reply, for the inner kernel's pending input_request."""
@@ -623,7 +634,13 @@ class ProxyKernel(WrapperKernelBase):
         if usage is not None:
             # As IPython shows a UsageError: one line on stderr, no traceback.
             self.write_stream(f"UsageError: {usage}\n", parent, "stderr")
-            return {"status": "error", "ename": "UsageError", "evalue": usage, "traceback": [], "execution_count": count}
+            return {
+                "status": "error",
+                "ename": "UsageError",
+                "evalue": usage,
+                "traceback": [],
+                "execution_count": count,
+            }
         try:
             await self.restart_in_place(parent, cold=cell.options == ["--cold"])
         except Exception as e:

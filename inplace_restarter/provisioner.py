@@ -154,7 +154,9 @@ class InPlaceProvisioner(LocalProvisioner):
         while self.process.poll() is None and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self.process.poll() is None:
-            self.log.warning("Kernel %s: %s still running after SIGTERM; killing it", self.kernel_id, self.process.args[0])
+            self.log.warning(
+                "Kernel %s: %s still running after SIGTERM; killing it", self.kernel_id, self.process.args[0]
+            )
             await self.send_signal(signal.SIGKILL)
 
     async def send_signal(self, signum: int) -> None:

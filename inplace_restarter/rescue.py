@@ -41,8 +41,7 @@ class RescuePolicy(LoggingConfigurable):
     restart_hung = Bool(
         False,
         config=True,
-        help="Restart a hung kernel as soon as interrupt_grace has passed, instead of waiting "
-        "for a second interrupt.",
+        help="Restart a hung kernel as soon as interrupt_grace has passed, instead of waiting for a second interrupt.",
     )
 
     def __init__(self, **kwargs):
@@ -128,8 +127,7 @@ class Rescuer:
             self._tell_cell(f"{reason}; restarting it in place.\n", cell)
         else:
             self._notice = (
-                f"{reason} at {time.strftime('%H:%M:%S')}, and was restarted in place: "
-                "its variables are gone.\n"
+                f"{reason} at {time.strftime('%H:%M:%S')}, and was restarted in place: its variables are gone.\n"
             )
         try:
             await self._restart(cell)
@@ -160,9 +158,7 @@ class Rescuer:
         await inner.interrupt()
         if running is not None:
             loop = asyncio.get_running_loop()
-            loop.call_later(
-                self.policy.interrupt_grace, lambda: loop.create_task(self._check_hung(inner, running))
-            )
+            loop.call_later(self.policy.interrupt_grace, lambda: loop.create_task(self._check_hung(inner, running)))
 
     async def _check_hung(self, inner: InnerKernel, running: dict) -> None:
         if self._running_cell() is not running or self.kernels.current is not inner or self._hung is running:

@@ -30,7 +30,11 @@ def _load_jupyter_server_extension(serverapp) -> None:
     factory = KernelProvisionerFactory.instance(parent=serverapp)
     chosen = _users_default(serverapp.config)
     if chosen:
-        serverapp.log.info("inplace_restarter: keeping the default kernel provisioner %r chosen in %s", factory.default_provisioner_name, chosen)
+        serverapp.log.info(
+            "inplace_restarter: keeping the default kernel provisioner %r chosen in %s",
+            factory.default_provisioner_name,
+            chosen,
+        )
         return
     factory.default_provisioner_name = PROVISIONER_NAME
     serverapp.log.info("inplace_restarter: the Restart button restarts proxied kernels in place")

@@ -174,7 +174,9 @@ def inner_pid(km) -> int:
 
 def wait_for_inner_count(km, count: int, timeout: float = 30) -> set[int]:
     """Wait until ``count`` kernels run behind the proxy (a spare among them); their pids."""
-    [pids] = wait_until(lambda: [pids] if len(pids := inner_pids(km)) == count else None, f"{count} inner kernels", timeout)
+    [pids] = wait_until(
+        lambda: [pids] if len(pids := inner_pids(km)) == count else None, f"{count} inner kernels", timeout
+    )
     return pids
 
 
@@ -232,7 +234,9 @@ def is_idle(msg: dict) -> bool:
     return msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
 
 
-def iopub_until(kc, msg_id: str, done: Callable[[dict], bool], timeout: float = 30, everything: bool = False) -> list[dict]:
+def iopub_until(
+    kc, msg_id: str, done: Callable[[dict], bool], timeout: float = 30, everything: bool = False
+) -> list[dict]:
     """The iopub messages of request ``msg_id``, up to the first one that is ``done``.
 
     With ``everything``, the messages of other parents received meanwhile are kept too.
@@ -259,4 +263,3 @@ def wait_for_stream(kc, msg_id: str, text: str, timeout: float = 30) -> str:
     """Wait until the cell ``msg_id`` writes ``text`` to a stream; that stream message's text."""
     found = iopub_until(kc, msg_id, lambda m: m["msg_type"] == "stream" and text in m["content"]["text"], timeout)
     return found[-1]["content"]["text"]
-

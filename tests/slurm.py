@@ -36,7 +36,9 @@ def missing() -> str | None:
     """Why no cluster can be started here, or None."""
     if os.geteuid() != 0:
         return "a Slurm cluster for the tests needs root (slurmd runs jobs as any user)"
-    absent = [name for name in (*DAEMONS, *CLIENTS) if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
+    absent = [
+        name for name in (*DAEMONS, *CLIENTS) if shutil.which(name) is None and not Path("/usr/sbin", name).exists()
+    ]
     if absent:
         return f"{', '.join(absent)} not found: apt-get install slurmctld slurmd slurm-client munge"
     try:
@@ -124,22 +126,38 @@ class Cluster:
     def _spawn(self, name: str, argv: list[str], user: str | None = None) -> None:
         with open(self.root / "log" / f"{name}.out", "wb") as log:
             self.processes[name] = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.env, start_new_session=True, user=user,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                user=user,
             )
 
     def start(self) -> None:
         """Start the daemons and return once the node is idle; Unavailable says what failed."""
         munge = self._munge_files()
         self._write_conf(munge / "munge.socket")
-        self._spawn("munged", [
-            _binary("munged"), "-F", f"--socket={munge / 'munge.socket'}", f"--key-file={munge / 'munge.key'}",
-            f"--pid-file={munge / 'munged.pid'}", f"--seed-file={munge / 'munged.seed'}", f"--log-file={munge / 'munged.log'}",
-        ], user="munge")
+        self._spawn(
+            "munged",
+            [
+                _binary("munged"),
+                "-F",
+                f"--socket={munge / 'munge.socket'}",
+                f"--key-file={munge / 'munge.key'}",
+                f"--pid-file={munge / 'munged.pid'}",
+                f"--seed-file={munge / 'munged.seed'}",
+                f"--log-file={munge / 'munged.log'}",
+            ],
+            user="munge",
+        )
         self._wait(lambda: (munge / "munge.socket").exists(), "munged to open its socket", "munged")
         conf = str(self.root / "slurm.conf")
         self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-f", conf])
-        self._wait(lambda: self._run("scontrol", "ping").stdout.count("UP") >= 1, "slurmctld to answer ping", "slurmctld")
+        self._wait(
+            lambda: self._run("scontrol", "ping").stdout.count("UP") >= 1, "slurmctld to answer ping", "slurmctld"
+        )
         self._spawn("slurmd", [_binary("slurmd"), "-D", "-f", conf])
         self._wait(self._idle, f"node {self.host} to be idle", "slurmd")
 

@@ -115,7 +115,9 @@ def test_the_kernel_exits_with_the_process_that_started_it_leaving_nothing(specs
     proxy_pid, inner_pids = json.loads(launcher.stdout.readline())
     procs = [psutil.Process(pid) for pid in (proxy_pid, *inner_pids)]
     try:
-        folders = list(jupyter_dirs["JUPYTER_RUNTIME_DIR"].glob(f"inplace-restarter-{socket.gethostname()}-{proxy_pid}-*"))
+        folders = list(
+            jupyter_dirs["JUPYTER_RUNTIME_DIR"].glob(f"inplace-restarter-{socket.gethostname()}-{proxy_pid}-*")
+        )
         assert inner_pids and folders
         launcher.communicate("exit\n", timeout=30)
         processes_gone(procs, "the process that started them")

@@ -122,11 +122,19 @@ def test_interrupt_request_on_shell_is_served_while_a_cell_runs(proxy, tmp_path)
 def test_the_debugger_initializes_and_attaches_through_the_control_channel(proxy):
     _, kc = proxy
     assert "debugger" in kc.kernel_info(reply=True, timeout=10)["content"]["supported_features"]
-    arguments = {"clientID": "test", "adapterID": "python", "pathFormat": "path", "linesStartAt1": True,
-                 "columnsStartAt1": True, "locale": "en"}
+    arguments = {
+        "clientID": "test",
+        "adapterID": "python",
+        "pathFormat": "path",
+        "linesStartAt1": True,
+        "columnsStartAt1": True,
+        "locale": "en",
+    }
     events = []
     for seq, (command, args) in enumerate([("initialize", arguments), ("attach", {})], 1):
-        msg_id = send(kc, "control", "debug_request", {"type": "request", "seq": seq, "command": command, "arguments": args})
+        msg_id = send(
+            kc, "control", "debug_request", {"type": "request", "seq": seq, "command": command, "arguments": args}
+        )
         reply = kc.get_control_msg(timeout=20)
         assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["success"] is True and reply["content"]["command"] == command

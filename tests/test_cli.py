@@ -34,7 +34,13 @@ def spec_dirs(jupyter_dirs):
     """A spec of each kind in the test's JUPYTER_PATH; returns their folders by name."""
     return write_specs(
         jupyter_dirs["JUPYTER_PATH"] / "kernels",
-        {"py": PYTHON_SPEC, "ir": IRKERNEL_SPEC, "julia": IJULIA_SPEC, "old": LEGACY_SPEC, "weird": NO_CONNECTION_FILE_SPEC},
+        {
+            "py": PYTHON_SPEC,
+            "ir": IRKERNEL_SPEC,
+            "julia": IJULIA_SPEC,
+            "old": LEGACY_SPEC,
+            "weird": NO_CONNECTION_FILE_SPEC,
+        },
     )
 
 
@@ -95,8 +101,14 @@ def test_install_then_remove_gives_back_the_same_json(spec_dirs, name):
 def test_install_says_which_python_runs_the_proxy_and_why(spec_dirs):
     done = run_cli("install", "py", "ir")
     assert done.returncode == 0, done.stderr
-    assert f"the proxy runs with {sys.executable}, the spec's own Python, which can import inplace_restarter" in done.stdout
-    assert f"the proxy runs with {sys.executable}, the Python running install: the kernel is started by R, not Python" in done.stdout
+    assert (
+        f"the proxy runs with {sys.executable}, the spec's own Python, which can import inplace_restarter"
+        in done.stdout
+    )
+    assert (
+        f"the proxy runs with {sys.executable}, the Python running install: the kernel is started by R, not Python"
+        in done.stdout
+    )
     assert load(spec_dirs["ir"])["argv"] == proxy_argv(sys.executable)
 
 
@@ -126,7 +138,10 @@ def test_an_unknown_name_exits_2_and_lists_the_known_ones(spec_dirs, jupyter_dir
 
 @pytest.mark.parametrize(
     "text, message",
-    [('{"argv": [', "is not valid JSON"), ('{"display_name": "no argv"}', "cannot be installed (kernel.json has no argv)")],
+    [
+        ('{"argv": [', "is not valid JSON"),
+        ('{"display_name": "no argv"}', "cannot be installed (kernel.json has no argv)"),
+    ],
 )
 def test_a_broken_kernel_json_is_named_and_nothing_is_touched(spec_dirs, jupyter_dirs, text, message):
     broken = write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "broken", text)
@@ -184,8 +199,13 @@ def test_main_can_be_called_directly(spec_dirs, capsys):
 
 def test_jupyter_finds_the_subcommand_through_the_console_script(spec_dirs):
     jupyter = Path(sys.executable).with_name("jupyter")
-    needs(jupyter.exists() and jupyter.with_name("jupyter-inplace-restarter").exists(), "the package is not installed with its console script")
-    done = subprocess.run([str(jupyter), "inplace-restarter", "install", "ir"], capture_output=True, text=True, timeout=60)
+    needs(
+        jupyter.exists() and jupyter.with_name("jupyter-inplace-restarter").exists(),
+        "the package is not installed with its console script",
+    )
+    done = subprocess.run(
+        [str(jupyter), "inplace-restarter", "install", "ir"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     done = subprocess.run([str(jupyter), "inplace-restarter", "list"], capture_output=True, text=True, timeout=60)
     assert "to remove: jupyter inplace-restarter remove ir" in done.stdout
@@ -237,7 +257,10 @@ def test_a_spec_folder_the_user_cannot_write_offers_user_which_installs_on_a_cop
 
     done = run_cli("list", "--json", python=python)
     assert json.loads(done.stdout)["installed"][0] == {
-        "name": "sys-wide", "resource_dir": str(copy), "reason": None, "legacy": False,
+        "name": "sys-wide",
+        "resource_dir": str(copy),
+        "reason": None,
+        "legacy": False,
         "restart": "the proxy starts the kernel itself: %restart restarts the kernel process",
         "restart_button_in_place": False,
     }
@@ -246,7 +269,9 @@ def test_a_spec_folder_the_user_cannot_write_offers_user_which_installs_on_a_cop
 def test_user_refuses_a_copy_that_jupyter_path_would_hide(spec_dirs, jupyter_dirs):
     done = run_cli("install", "--user", "ir")
     assert done.returncode == 1
-    assert f"a copy in {jupyter_dirs['JUPYTER_DATA_DIR'] / 'kernels'} would be hidden by {spec_dirs['ir']}" in done.stderr
+    assert (
+        f"a copy in {jupyter_dirs['JUPYTER_DATA_DIR'] / 'kernels'} would be hidden by {spec_dirs['ir']}" in done.stderr
+    )
     assert not (jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels").exists()
 
 
@@ -258,14 +283,31 @@ def test_user_on_a_spec_already_in_the_user_folder_installs_in_place(jupyter_dir
 
 
 SRUN_SPEC = {
-    "argv": ["srun", "--nodes=1", "--job-name=nb", sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "argv": [
+        "srun",
+        "--nodes=1",
+        "--job-name=nb",
+        sys.executable,
+        "-m",
+        "ipykernel_launcher",
+        "-f",
+        "{connection_file}",
+    ],
     "display_name": "Slurm",
     "language": "python",
 }
 #: the order that keeps the job, written by hand before install could
 HAND_PROXIED_SPEC = {
     **SRUN_SPEC,
-    "argv": [*SRUN_SPEC["argv"][:3], sys.executable, "-m", "inplace_restarter", "-f", "{connection_file}", "--resource-dir=/x"],
+    "argv": [
+        *SRUN_SPEC["argv"][:3],
+        sys.executable,
+        "-m",
+        "inplace_restarter",
+        "-f",
+        "{connection_file}",
+        "--resource-dir=/x",
+    ],
 }
 
 

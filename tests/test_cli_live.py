@@ -74,7 +74,9 @@ def add_remote_ikernel(*args: str) -> str:
 
 
 def test_end_to_end_install_start_restart_remove(jupyter_dirs):
-    folder = write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "e2e", {k: v for k, v in PYTHON_SPEC.items() if k != "extra_field"})
+    folder = write_spec(
+        jupyter_dirs["JUPYTER_PATH"] / "kernels", "e2e", {k: v for k, v in PYTHON_SPEC.items() if k != "extra_field"}
+    )
     before = load(folder)
     cli_ok("install", "e2e")
     with running("e2e") as (km, kc):
@@ -199,7 +201,11 @@ def test_the_proxy_in_front_of_a_remote_ikernel_spec_relaunches_the_remote_kerne
 def test_remote_ikernel_launching_a_proxied_spec_restarts_only_the_remote_kernel(jupyter_dirs, tmp_path, interface):
     """The other order: the proxy runs on the compute node, so --resource-dir is a path there."""
     needs(importlib.util.find_spec("remote_ikernel"), "remote_ikernel is needed")
-    node_spec = write_spec(jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels", "node-py", {k: v for k, v in PYTHON_SPEC.items() if k != "extra_field"})
+    node_spec = write_spec(
+        jupyter_dirs["JUPYTER_DATA_DIR"] / "kernels",
+        "node-py",
+        {k: v for k, v in PYTHON_SPEC.items() if k != "extra_field"},
+    )
     cli_ok("install", "node-py")
     proxy_cmd = f"{sys.executable} -m inplace_restarter -f {{connection_file}} --resource-dir={node_spec}"
     name = add_remote_ikernel(*interface, "--name=proxied node", f"--kernel_cmd={proxy_cmd}")

@@ -135,10 +135,25 @@ def test_a_proxy_on_another_host_sharing_the_runtime_folder_keeps_its_folder(spe
     needs(shutil.which("unshare") and os.geteuid() == 0, "unshare and root are needed for a second host's namespaces")
     last = unused_pid() - 1
     node_b = f'hostname nodeb && echo {last} > /proc/sys/kernel/ns_last_pid && "$@"'
-    write_spec(kernels_dir, "on-nodeb", {
-        **proxied(),
-        "argv": ["unshare", "--uts", "--pid", "--fork", "--mount-proc", "sh", "-c", node_b, "sh", *proxied()["argv"]],
-    })
+    write_spec(
+        kernels_dir,
+        "on-nodeb",
+        {
+            **proxied(),
+            "argv": [
+                "unshare",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "sh",
+                "-c",
+                node_b,
+                "sh",
+                *proxied()["argv"],
+            ],
+        },
+    )
     (kernels_dir / "on-nodeb" / "kernel.json").write_text(
         (kernels_dir / "on-nodeb" / "kernel.json").read_text().replace("{resource_dir}", str(kernels_dir / "proxied"))
     )

@@ -139,8 +139,16 @@ def test_malformed_and_wrongly_signed_messages_are_dropped_and_the_kernel_keeps_
         return [b"<IDS|MSG>", mac.hexdigest().encode(), *parts]
 
     def header(msg_type: str) -> bytes:
-        return json.dumps({"msg_id": str(rng.random()), "msg_type": msg_type, "session": "s", "username": "u",
-                           "date": "2026-01-01T00:00:00Z", "version": "5.3"}).encode()
+        return json.dumps(
+            {
+                "msg_id": str(rng.random()),
+                "msg_type": msg_type,
+                "session": "s",
+                "username": "u",
+                "date": "2026-01-01T00:00:00Z",
+                "version": "5.3",
+            }
+        ).encode()
 
     bad_messages = [
         [b""],

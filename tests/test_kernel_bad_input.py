@@ -173,7 +173,9 @@ def transcript(km, name: str, case: Callable[[RawClient], Frames], busy: bool, t
         replies, outputs = client.until_idle(marker["header"]["msg_id"], f"{name}: the marker after it")
         after = client.request("execute_request", {"code": "40 + 2", "silent": False})
         answer, results = client.until_idle(after["header"]["msg_id"], f"{name}: the cell after it")
-        assert [r["content"]["status"] for r in answer if r["parent_header"].get("msg_id") == after["header"]["msg_id"]] == ["ok"]
+        assert [
+            r["content"]["status"] for r in answer if r["parent_header"].get("msg_id") == after["header"]["msg_id"]
+        ] == ["ok"]
         assert any(m["msg_type"] == "execute_result" and m["content"]["data"]["text/plain"] == "42" for m in results)
         return [summary(m) for m in replies + outputs if m["parent_header"].get("msg_id") not in ignored]
     finally:

@@ -44,7 +44,12 @@ from .spec_helpers import (
 
 def test_proxy_argv_comes_from_the_shipped_template():
     assert proxy_argv("/x/python") == [
-        "/x/python", "-m", "inplace_restarter", "-f", "{connection_file}", "--resource-dir={resource_dir}"
+        "/x/python",
+        "-m",
+        "inplace_restarter",
+        "-f",
+        "{connection_file}",
+        "--resource-dir={resource_dir}",
     ]
 
 
@@ -86,7 +91,10 @@ def test_the_originals_are_not_modified():
         (NO_CONNECTION_FILE_SPEC, "argv has no {connection_file}"),
         ({"display_name": "x"}, "kernel.json has no argv"),
         ({"argv": "python -f {connection_file}"}, "argv is not a list of strings"),
-        ({"argv": [sys.executable, "-m", "inplace_restarter", "-f", "{connection_file}"]}, "original argv is not saved"),
+        (
+            {"argv": [sys.executable, "-m", "inplace_restarter", "-f", "{connection_file}"]},
+            "original argv is not saved",
+        ),
     ],
 )
 def test_specs_that_cannot_be_wrapped_are_unknown_with_the_reason(spec, reason):
@@ -240,7 +248,21 @@ def test_outside_keeps_the_launcher_behind_the_proxy_which_interrupts_through_it
 
 
 def test_a_container_whose_python_cannot_import_the_proxy_gets_it_in_front_inside_the_job():
-    argv = ["srun", "-N1", "apptainer", "exec", "--nv", "-B", "/a:/b", "image.sif", "python3", "-m", "ipykernel", "-f", "{connection_file}"]
+    argv = [
+        "srun",
+        "-N1",
+        "apptainer",
+        "exec",
+        "--nv",
+        "-B",
+        "/a:/b",
+        "image.sif",
+        "python3",
+        "-m",
+        "ipykernel",
+        "-f",
+        "{connection_file}",
+    ]
     placement = place(argv)
     assert placement.launchers == ["srun", "apptainer"]
     assert placement.inner_argv == argv[2:], "the proxy starts the container"
@@ -250,8 +272,16 @@ def test_a_container_whose_python_cannot_import_the_proxy_gets_it_in_front_insid
 
 
 def test_remote_ikernel_with_a_batch_interface_runs_the_proxy_in_its_kernel_command(tmp_path):
-    argv = [sys.executable, "-m", "remote_ikernel", "--interface", "slurm", "--kernel_cmd",
-            "ipython kernel -f {host_connection_file}", "{connection_file}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "remote_ikernel",
+        "--interface",
+        "slurm",
+        "--kernel_cmd",
+        "ipython kernel -f {host_connection_file}",
+        "{connection_file}",
+    ]
     spec = {"argv": argv, "display_name": "rik", "language": "python"}
     new = wrapped(spec, place(argv), tmp_path)
     command = new["argv"][6]
@@ -269,7 +299,14 @@ def test_remote_ikernel_with_a_batch_interface_runs_the_proxy_in_its_kernel_comm
     [
         ["srun", "-N1", *PROXY],
         ["ssh", "node", "python3", "-m", "inplace_restarter", "-f", "{connection_file}"],
-        [sys.executable, "-m", "remote_ikernel", "--interface=slurm", "--kernel_cmd=python -m inplace_restarter -f {host_connection_file}", "{connection_file}"],
+        [
+            sys.executable,
+            "-m",
+            "remote_ikernel",
+            "--interface=slurm",
+            "--kernel_cmd=python -m inplace_restarter -f {host_connection_file}",
+            "{connection_file}",
+        ],
     ],
 )
 def test_a_spec_running_the_proxy_anywhere_is_never_wrapped_again(argv):

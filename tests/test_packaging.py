@@ -50,6 +50,10 @@ def test_an_installed_build_installs_on_a_spec_from_anywhere(built, kind, tmp_pa
         assert load(folder) == direct()
     where = subprocess.run(
         [python, "-c", "import inplace_restarter; print(inplace_restarter.__file__)"],
-        cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     assert where.startswith(str(tmp_path / "env")), "outside the checkout, the installed copy runs"

@@ -40,7 +40,10 @@ ROOT = Path(__file__).parents[1]
 
 
 def with_provisioner(spec: dict, **config) -> dict:
-    spec["metadata"] = {**spec.get("metadata", {}), "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": config}}
+    spec["metadata"] = {
+        **spec.get("metadata", {}),
+        "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": config},
+    }
     return spec
 
 
@@ -200,7 +203,9 @@ def test_a_pip_install_enables_the_server_extension(tmp_path):
     )
     [wheel] = tmp_path.glob("inplace_restarter-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        [entry] = [n for n in archive.namelist() if n.endswith("etc/jupyter/jupyter_server_config.d/inplace_restarter.json")]
+        [entry] = [
+            n for n in archive.namelist() if n.endswith("etc/jupyter/jupyter_server_config.d/inplace_restarter.json")
+        ]
         assert ".data/data/" in entry
         config = json.loads(archive.read(entry))
         entry_points = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("entry_points.txt"))

@@ -134,7 +134,9 @@ def test_what_the_inner_kernel_did_not_sign_or_garbled_is_dropped_and_relaying_g
     reply = reply_to(kc, msg_id, timeout=30)
     iopub = before + iopub_until_idle(kc, msg_id)
     assert reply["content"]["status"] == "ok"
-    assert [m["msg_type"] for m in iopub] == ["status", "execute_input", "stream", "stream", "status"], "idle after the output"
+    assert [m["msg_type"] for m in iopub] == ["status", "execute_input", "stream", "stream", "status"], (
+        "idle after the output"
+    )
     assert stream_text(iopub, "stdout") == "forged\nafter\n"
     restart = messages_of(kc, "%restart")
     assert not [m for m in restart if m["msg_type"] == "comm_close"], "the forged comm was never taken as open"

@@ -40,8 +40,10 @@ def wait_for_new_inner(km, old: int) -> int:
 
 @pytest.mark.parametrize(
     "code, reason",
-    [("import os; os._exit(3)", "The kernel exited with code 3"),
-     ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "The kernel died of SIGKILL")],
+    [
+        ("import os; os._exit(3)", "The kernel exited with code 3"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "The kernel died of SIGKILL"),
+    ],
 )
 def test_a_kernel_dying_in_a_cell_fails_that_cell_and_comes_back(proxy, code, reason):
     km, kc = proxy
@@ -98,7 +100,9 @@ def test_restarts_stop_past_the_limit_until_the_user_restarts(kernels_dir, jupyt
 
 def spinning_ignoring_sigint(started: Path) -> str:
     """A cell that ignores SIGINT, then says so by creating ``started``, and spins for ever."""
-    return "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n" + marker_cell(started, "while True:\n    pass")
+    return "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n" + marker_cell(
+        started, "while True:\n    pass"
+    )
 
 
 @pytest.mark.timeout(60)

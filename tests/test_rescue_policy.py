@@ -67,5 +67,10 @@ def test_the_limits_come_from_jupyter_config():
     config.RescuePolicy.interrupt_grace = 2
     config.RescuePolicy.restart_hung = True
     policy = RescuePolicy(config=config)
-    assert (policy.restart_limit, policy.restart_window, policy.interrupt_grace, policy.restart_hung) == (1, 10.5, 2, True)
+    assert (policy.restart_limit, policy.restart_window, policy.interrupt_grace, policy.restart_hung) == (
+        1,
+        10.5,
+        2,
+        True,
+    )
     assert answers(policy, 2) == [True, False]

@@ -56,9 +56,13 @@ def test_jupyter_server_extension_disable_turns_it_off(spec_dirs, enabled, tmp_p
     """
     off = {"ServerApp": {"jpserver_extensions": {"inplace_restarter": False}}}
     (tmp_path / "etc" / "jupyter_server_config.d" / "inplace_restarter.json").write_text(json.dumps(off))
-    assert restart_button_line("py").endswith("restarts the whole kernel (the inplace_restarter server extension is disabled)")
+    assert restart_button_line("py").endswith(
+        "restarts the whole kernel (the inplace_restarter server extension is disabled)"
+    )
 
 
 def test_another_default_provisioner_wins(spec_dirs, enabled, monkeypatch):
     monkeypatch.setenv("JUPYTER_DEFAULT_PROVISIONER_NAME", "local-provisioner")
-    assert restart_button_line("py").endswith("restarts the whole kernel (JUPYTER_DEFAULT_PROVISIONER_NAME=local-provisioner)")
+    assert restart_button_line("py").endswith(
+        "restarts the whole kernel (JUPYTER_DEFAULT_PROVISIONER_NAME=local-provisioner)"
+    )

@@ -23,7 +23,17 @@ from .test_provisioner import with_provisioner
 pytestmark = pytest.mark.timeout(300)
 
 SRUN_SPEC = {
-    "argv": ["srun", "--nodes=1", "--ntasks=1", "--job-name=nbkernel", PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "argv": [
+        "srun",
+        "--nodes=1",
+        "--ntasks=1",
+        "--job-name=nbkernel",
+        PYTHON,
+        "-m",
+        "ipykernel_launcher",
+        "-f",
+        "{connection_file}",
+    ],
     "display_name": "Python in a Slurm job",
     "language": "python",
 }

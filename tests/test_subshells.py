@@ -32,13 +32,21 @@ def create_subshell(kc) -> str:
 def on_subshell(kc, subshell_id: str, code: str) -> str:
     """Send an execute request to a subshell; its msg_id."""
     content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}}
-    return send(kc, "shell", "execute_request", {**content, "allow_stdin": False, "stop_on_error": True},
-                subshell_id=subshell_id)
+    return send(
+        kc,
+        "shell",
+        "execute_request",
+        {**content, "allow_stdin": False, "stop_on_error": True},
+        subshell_id=subshell_id,
+    )
 
 
 def blocking_cell(started: Path, release: Path) -> str:
     """Code that says it runs (``started``), then waits, interruptibly, for ``release``."""
-    return marker_cell(started, f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\nprint('released')")
+    return marker_cell(
+        started,
+        f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\nprint('released')",
+    )
 
 
 def assert_subshell_answers_while_main_is_busy(kc, subshell_id: str, tmp_path: Path, x: int) -> float:

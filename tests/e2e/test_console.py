@@ -45,8 +45,12 @@ class Terminal:
     def wait_for(self, pattern: re.Pattern, since: int = 0, timeout: float = 30) -> str:
         """The screen from ``since`` on, once ``pattern`` is on it."""
         try:
-            return wait_until(lambda: pattern.search(text := self.screen()[since:]) and text,
-                              f"{pattern.pattern!r} on the screen", timeout, interval=0.1)
+            return wait_until(
+                lambda: pattern.search(text := self.screen()[since:]) and text,
+                f"{pattern.pattern!r} on the screen",
+                timeout,
+                interval=0.1,
+            )
         except AssertionError as e:
             raise AssertionError(f"{e}:\n{self.screen()}") from None
 
@@ -65,8 +69,12 @@ class Terminal:
 
     def exit_status(self, timeout: float = 30) -> int:
         try:
-            wait_until(lambda: self._tmux("display-message", "-p", "#{pane_dead}").strip() == "1",
-                       "the program to exit", timeout, interval=0.1)
+            wait_until(
+                lambda: self._tmux("display-message", "-p", "#{pane_dead}").strip() == "1",
+                "the program to exit",
+                timeout,
+                interval=0.1,
+            )
         except AssertionError as e:
             raise AssertionError(f"{e}:\n{self.screen()}") from None
         return int(self._tmux("display-message", "-p", "#{pane_dead_status}"))

@@ -55,7 +55,9 @@ def test_nbclient_runs_a_notebook_with_restarts_start_to_end(proxied_kernel, tmp
     path = write_notebook(tmp_path / "restarts.ipynb", CELLS, proxied_kernel)
     nb = nbformat.read(path, as_version=4)
 
-    NotebookClient(nb, kernel_name=proxied_kernel, timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, kernel_name=proxied_kernel, timeout=60, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
 
     check_executed(nb)
 

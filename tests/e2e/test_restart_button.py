@@ -95,7 +95,9 @@ def python_without_the_package(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("server-venv")
     venv.create(folder, with_pip=True)
     python = str(folder / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "-q", "jupyter_server"], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "jupyter_server"], check=True, capture_output=True, timeout=600
+    )
     lacks = subprocess.run([python, "-c", "import inplace_restarter"], capture_output=True, check=False, cwd=folder)
     assert lacks.returncode != 0
     return python
