@@ -8,6 +8,7 @@ allocate past the limit. Every cgroup is removed afterwards, failure or not.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from inplace_restarter import death as death_module
 from inplace_restarter.death import MemoryCgroup, MemoryUse, Witness, describe_death, describe_exit, format_bytes
 from inplace_restarter.job import Job
 
@@ -229,3 +231,46 @@ def test_a_kernel_that_dies_once_its_jobs_end_time_has_passed_is_said_to_have_re
 )
 def test_memory_sizes_are_written_in_binary_units_as_slurm_writes_them(size, text):
     assert format_bytes(size) == text
+
+
+#: The proxy's part, inside a Slurm job: start a real ipykernel, record its Witness, make it allocate past the
+#: job's --mem, and print the returncode and the sentence as JSON.
+IN_JOB = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from jupyter_client.manager import KernelManager
+from inplace_restarter.death import Witness
+from inplace_restarter.job import Job
+km = KernelManager(kernel_name="direct")
+km.start_kernel()
+kc = km.client()
+kc.start_channels()
+try:
+    kc.wait_for_ready(60)
+    witness = Witness.of_pid(km.provisioner.pid, Job.from_environ())
+    kc.execute("held = bytearray(600 * 2**20)")
+    returncode = km.provisioner.process.wait(60)
+    print(json.dumps({"returncode": returncode, "sentence": witness.describe(returncode)}), flush=True)
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_a_kernel_over_its_slurm_jobs_memory_limit_is_named_a_victim_of_the_jobs_limit(specs, slurm_memory):
+    """Slurm's task/cgroup with ConstrainRAMSpace: ``srun --mem=300M`` limits the job's memory cgroup to 300 MB."""
+    package = str(Path(death_module.__file__).parents[1])
+    done = subprocess.run(
+        ["srun", "--mem=300M", PYTHON, "-c", IN_JOB, package], capture_output=True, text=True, timeout=150
+    )
+    said = json.loads(done.stdout.splitlines()[-1])
+    print(said["sentence"])
+    assert said["returncode"] == -signal.SIGKILL, done
+    assert re.fullmatch(
+        r"The kernel was killed by the out-of-memory killer: it used [\d.]+ MB of the job's 300 MB "
+        r"\(memory limit of this job\)",
+        said["sentence"],
+    ), said
+    slurm_memory.wait_for_empty_queue(30)
