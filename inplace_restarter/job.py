@@ -84,8 +84,8 @@ class Job(LoggingConfigurable):
         self.end: datetime | None = end
         #: the time limit as Slurm prints it (``5:00``, ``12:00:00``, ``UNLIMITED``); None while unknown
         self.time_limit: str | None = time_limit
-        #: time.monotonic() of the last reading that got an answer or failed; None before the first
-        self._read_at: float | None = None
+        #: time.monotonic() of the last reading (or of what the constructor was told); None before the first
+        self._read_at: float | None = time.monotonic() if time_limit is not None else None
         self._reading: asyncio.Task | None = None
         #: failures in a row, so that only the first of a run is a warning
         self._failures = 0
@@ -131,7 +131,10 @@ class Job(LoggingConfigurable):
     async def read(self) -> bool:
         """Read the end time and time limit from Slurm now; whether Slurm answered. Never raises.
 
-        Callers at the same time share one reading.
+        A reading that fails keeps the last answer (a job is not likely to
+        lose its time limit, and a notice is not to be missed for one
+        failed squeue); before any answer the end stays unknown. Callers
+        at the same time share one reading.
         """
         if self._reading is None or self._reading.done():
             self._reading = asyncio.ensure_future(self._read())
@@ -152,7 +155,6 @@ class Job(LoggingConfigurable):
             self.end, self.time_limit = end, limit
             self._read_at, self._failures = time.monotonic(), 0
             return True
-        self.end, self.time_limit = None, None
         self._read_at = time.monotonic()
         self._failures += 1
         log = self.log.warning if self._failures == 1 else self.log.debug

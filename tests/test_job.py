@@ -224,7 +224,7 @@ def test_a_hanging_squeue_does_not_hold_up_the_event_loop(broken_cluster):
     assert asyncio.run(meanwhile()) >= 20, "the loop ran on while squeue hung"
 
 
-def test_the_first_failure_after_an_answer_is_warned_about_again(broken_cluster, caplog):
+def test_a_failure_after_an_answer_keeps_it_and_is_warned_about_again(broken_cluster, caplog):
     broken_cluster("echo '2026-12-02T16:57:00|5:00'")
     job = Job("1234", "node2", command_timeout=1.0)
     assert asyncio.run(job.read()) and job.time_limit == "5:00"
@@ -232,6 +232,7 @@ def test_the_first_failure_after_an_answer_is_warned_about_again(broken_cluster,
     caplog.set_level(logging.DEBUG)
     for _ in range(3):
         assert not asyncio.run(job.read())
+    assert job.time_limit == "5:00", "a failed reading keeps the last answer"
     unknown = [r for r in caplog.records if "is unknown" in r.getMessage()]
     assert [r.levelno for r in unknown] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
     assert "squeue exited with code 1: slurm_load_jobs error" in unknown[0].getMessage()

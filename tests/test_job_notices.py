@@ -8,6 +8,8 @@ user reads them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import socket
 import time
@@ -108,6 +110,17 @@ def test_a_job_is_described_by_its_id_node_and_time_left():
     assert Job("1234", "node2").describe() == "Slurm job 1234 on node2", "nothing about an end not known"
     past = Job("1234", "node2", end=datetime.fromtimestamp(now - 1).astimezone(), time_limit="1:00")
     assert past.describe(now) == "Slurm job 1234 on node2, at its time limit"
+
+
+def test_a_job_told_its_end_does_not_ask_slurm_until_refresh_interval_has_passed(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    end = datetime.fromtimestamp(time.time() + 600).astimezone()
+    told = Job("1234", "node2", end=end, time_limit="10:00", command_timeout=1)
+    assert asyncio.run(told.end_time()) == end
+    assert not [r for r in caplog.records if "squeue" in r.getMessage()], "squeue was not asked"
+    stale = Job("1234", "node2", end=end, time_limit="10:00", command_timeout=1, refresh_interval=0)
+    assert asyncio.run(stale.end_time()) == end, "a failed reading keeps what the job was told"
+    assert [r.levelno for r in caplog.records if "squeue: No such file" in r.getMessage()] == [logging.WARNING]
 
 
 def test_outside_slurm_there_is_no_job_and_only_the_host_is_said():
