@@ -36,10 +36,10 @@ ENV_THEN_WAIT = "import json, os, sys\nprint(json.dumps(dict(os.environ)), flush
 
 
 @contextmanager
-def in_job(*options: str, task: str = ENV_THEN_WAIT, args: tuple[str, ...] = ()):
+def in_job(cluster, *options: str, task: str = ENV_THEN_WAIT, args: tuple[str, ...] = ()):
     """A job run by ``srun *options`` whose task prints its environment first: that environment, as a dict.
 
-    Its stdin is closed at the end, so the task ends, and srun with it.
+    Its stdin is closed at the end, so the task ends, srun with it, and the job leaves the queue.
     """
     srun = subprocess.Popen(
         ["srun", "--nodes=1", "--ntasks=1", *options, PYTHON, "-c", task, *args],
@@ -48,8 +48,10 @@ def in_job(*options: str, task: str = ENV_THEN_WAIT, args: tuple[str, ...] = ())
         text=True,
         start_new_session=True,
     )
+    env = {}
     try:
-        yield json.loads(srun.stdout.readline())
+        env = json.loads(srun.stdout.readline())
+        yield env
     finally:
         srun.stdin.close()
         try:
@@ -57,6 +59,8 @@ def in_job(*options: str, task: str = ENV_THEN_WAIT, args: tuple[str, ...] = ())
         except subprocess.TimeoutExpired:
             srun.kill()
             srun.wait(30)
+        if "SLURM_JOB_ID" in env:
+            cluster.wait_for_job_gone(env["SLURM_JOB_ID"], timeout=30)
 
 
 def scontrol(*argv: str) -> None:
@@ -65,7 +69,7 @@ def scontrol(*argv: str) -> None:
 
 def test_a_job_started_with_a_time_limit_ends_that_far_ahead(slurm):
     before = math.floor(time.time())
-    with in_job("--time=5") as env:
+    with in_job(slurm, "--time=5") as env:
         job = Job.from_environ(env)
         assert (job.id, job.node) == (env["SLURM_JOB_ID"], slurm.host)
         end = asyncio.run(job.end_time())
@@ -77,7 +81,7 @@ def test_a_job_started_with_a_time_limit_ends_that_far_ahead(slurm):
 
 
 def test_an_extended_time_limit_is_seen_at_the_next_reading(slurm):
-    with in_job("--time=5") as env:
+    with in_job(slurm, "--time=5") as env:
         job = Job.from_environ(env, refresh_interval=3600)
         end = asyncio.run(job.end_time())
         scontrol("update", f"JobId={job.id}", "TimeLimit=10")
@@ -90,7 +94,7 @@ def test_an_extended_time_limit_is_seen_at_the_next_reading(slurm):
 
 
 def test_a_job_without_a_time_limit_has_no_end(slurm):
-    with in_job() as env:
+    with in_job(slurm) as env:
         job = Job.from_environ(env)
         assert asyncio.run(job.end_time()) is None
         assert (job.time_limit, job.time_left()) == ("UNLIMITED", math.inf)
@@ -100,7 +104,7 @@ def test_a_job_without_a_time_limit_has_no_end(slurm):
 @pytest.mark.timeout(120)
 def test_the_notices_come_once_each_as_the_end_nears(slurm):
     """A one-minute job, warned 50 and 45 s before its end."""
-    with in_job("--time=1") as env:
+    with in_job(slurm, "--time=1") as env:
         job = Job.from_environ(env)
         notices = JobNotices(warn_before=[50.0, 45.0])
         told: list[tuple[float, str]] = []
@@ -145,14 +149,13 @@ def test_a_kernel_stopped_at_the_jobs_time_limit_is_said_to_have_reached_it(slur
         "os.rename(sys.argv[1] + '.part', sys.argv[1])\n"
     )
     result = tmp_path / "returncode"
-    with in_job("--time=1", task=task, args=(str(result),)) as env:
+    with in_job(slurm, "--time=1", task=task, args=(str(result),)) as env:
         job = Job.from_environ(env)
         asyncio.run(job.end_time())
         wait_for_file(result, timeout=150)
     assert describe_death(int(result.read_text()), job=job) == (
         f"The kernel died of SIGTERM: Slurm job {job.id} reached its time limit (1:00)"
     )
-    slurm.wait_for_job_gone(job.id, timeout=30)
 
 
 @pytest.fixture
