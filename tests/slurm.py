@@ -4,6 +4,13 @@ munged, slurmctld and slurmd run in the foreground, each in a session of
 its own, with their own ports, socket, spool and state folders, so nothing
 in /etc or /run is touched and a second test session on the same machine
 gets a cluster of its own. Clients find it through ``SLURM_CONF``.
+
+``slurm_memory`` is a second such cluster that enforces ``--mem`` as sites
+do, with ``TaskPlugin=task/cgroup`` and ``ConstrainRAMSpace=yes`` on cgroup
+v1: each job's memory cgroup is limited to what it asked for. It takes
+memory as a consumable resource (``CR_Core_Memory``), so it is kept apart
+from ``slurm``, where jobs that ask for no memory must not wait for each
+other.
 """
 
 from __future__ import annotations
@@ -59,12 +66,24 @@ def real_memory() -> int:
     return max(int(fields["RealMemory"]) - 512, 100)
 
 
-class Cluster:
-    """One controller and one node, started by ``start`` and stopped (every daemon by pid) by ``stop``."""
+#: Where cgroup v1's controllers are mounted, for task/cgroup.
+CGROUP_V1 = Path("/sys/fs/cgroup")
+#: A job that asks for no memory gets this much (MB) in the cluster that enforces --mem, not the whole node.
+DEFAULT_JOB_MEMORY = 512
 
-    def __init__(self, root: Path):
+
+class Cluster:
+    """One controller and one node, started by ``start`` and stopped (every daemon by pid) by ``stop``.
+
+    With ``memory_limits``, ``--mem`` is enforced through memory cgroups (task/cgroup).
+    """
+
+    def __init__(self, root: Path, memory_limits: bool = False):
         self.root = Path(root)
+        self.memory_limits = memory_limits
         self.host = socket.gethostname().split(".")[0]
+        #: the cgroup folders there were before start, so that stop removes only those Slurm made for this cluster
+        self._cgroups_before = self._slurm_cgroups() if memory_limits else set()
         self.processes: dict[str, subprocess.Popen] = {}
         self.env = {**os.environ, "SLURM_CONF": str(self.root / "slurm.conf")}
 
@@ -116,6 +135,17 @@ class Cluster:
             "KillWait": 2,
             "InactiveLimit": 0,
         }
+        if self.memory_limits:
+            settings |= {
+                "TaskPlugin": "task/cgroup",
+                "SelectTypeParameters": "CR_Core_Memory",
+                "DefMemPerNode": DEFAULT_JOB_MEMORY,
+                # Job cgroups are named by job id, under a root shared by every cluster of this node name:
+                # ids of their own keep two test sessions' jobs out of each other's cgroups.
+                "FirstJobId": 1000 + os.getpid() * 10,
+            }
+            cgroups = ["CgroupPlugin=cgroup/v1", f"CgroupMountpoint={CGROUP_V1}", "CgroupAutomount=no"]
+            (self.root / "cgroup.conf").write_text("\n".join([*cgroups, "ConstrainRAMSpace=yes"]) + "\n")
         lines = [f"{k}={v}" for k, v in settings.items()]
         lines += [
             f"NodeName={self.host} CPUs=2 RealMemory={real_memory()} State=UNKNOWN",
@@ -225,17 +255,30 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(15)
+        if self.memory_limits:
+            self._remove_cgroups()
+
+    def _slurm_cgroups(self) -> set[Path]:
+        """The cgroup folders Slurm's task/cgroup makes for this node (``slurm_NODE`` in each v1 controller)."""
+        return set(CGROUP_V1.glob(f"*/slurm_{self.host}")) | set(CGROUP_V1.glob(f"*/slurm_{self.host}/**/"))
+
+    def _remove_cgroups(self) -> None:
+        """Remove the empty cgroup folders Slurm left (it keeps its root); one still in use stays."""
+        for folder in sorted(self._slurm_cgroups() - self._cgroups_before, key=lambda p: len(p.parts), reverse=True):
+            with suppress(OSError):
+                folder.rmdir()
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """One cluster for the session: started on first use, every daemon stopped by pid at the end."""
+def _session_cluster(memory_limits: bool = False):
+    """A cluster for the session: started on first use, every daemon stopped by pid at the end."""
     reason = missing()
     if reason:
         unavailable(reason)
+    if memory_limits and not (CGROUP_V1 / "memory" / "memory.oom_control").exists():
+        unavailable(f"--mem enforced by task/cgroup needs cgroup v1's memory controller at {CGROUP_V1 / 'memory'}")
     # Not below pytest's 0700 temporary folder: munged wants every folder above its socket searchable.
     root = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
-    cluster = Cluster(root)
+    cluster = Cluster(root, memory_limits)
     try:
         cluster.start()
     except Unavailable as e:
@@ -248,16 +291,37 @@ def slurm_cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def slurm(slurm_cluster, monkeypatch):
-    """The cluster, with this test's client outside any allocation and an empty queue before and after."""
+def _in_cluster(cluster: Cluster, monkeypatch):
+    """``cluster``, with this test's client outside any allocation and an empty queue before and after."""
     for name in list(os.environ):
         if name.startswith(("SLURM_", "SRUN_", "SALLOC_", "SBATCH_")):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
-    slurm_cluster.wait_for_empty_queue(30)
-    yield slurm_cluster
-    left = slurm_cluster.jobs()
-    slurm_cluster.cancel_all()
-    slurm_cluster.wait_for_empty_queue(30)
+    monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
+    cluster.wait_for_empty_queue(30)
+    yield cluster
+    left = cluster.jobs()
+    cluster.cancel_all()
+    cluster.wait_for_empty_queue(30)
     assert not left, f"the test left jobs in the queue: {left}"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    yield from _session_cluster()
+
+
+@pytest.fixture
+def slurm(slurm_cluster, monkeypatch):
+    """The cluster, with this test's client outside any allocation and an empty queue before and after."""
+    yield from _in_cluster(slurm_cluster, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def slurm_memory_cluster():
+    yield from _session_cluster(memory_limits=True)
+
+
+@pytest.fixture
+def slurm_memory(slurm_memory_cluster, monkeypatch):
+    """A cluster that enforces ``--mem`` with memory cgroups (task/cgroup), as ``slurm`` is used."""
+    yield from _in_cluster(slurm_memory_cluster, monkeypatch)
