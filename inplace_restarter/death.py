@@ -193,12 +193,17 @@ def _killed_for_memory(use: MemoryUse, job: Job | None) -> str:
     if use.limit is None:
         used = f" (it used {format_bytes(use.peak)})" if use.peak is not None else ""
         return f"{text}: the machine ran out of memory{used}"
-    # The job's limit only when the limiting cgroup is the job's own (Slurm's task/cgroup makes one per job).
-    ours = job is not None and f"job_{job.id}" in Path(use.limited_by or "").parts
-    owner, whose = ("the job's", "this job") if ours else ("the cgroup's", "this cgroup")
+    owner, whose = _whose(use, job)
     if use.peak is None:
         return f"{text}: {format_bytes(use.limit)} (memory limit of {whose})"
     return f"{text}: it used {format_bytes(use.peak)} of {owner} {format_bytes(use.limit)} (memory limit of {whose})"
+
+
+def _whose(use: MemoryUse, job: Job | None) -> tuple[str, str]:
+    """Whose limit ``use.limit`` is: the job's only when the limiting cgroup is the job's own
+    (Slurm's task/cgroup makes one per job)."""
+    ours = job is not None and f"job_{job.id}" in Path(use.limited_by or "").parts
+    return ("the job's", "this job") if ours else ("the cgroup's", "this cgroup")
 
 
 class Witness:
@@ -217,3 +222,12 @@ class Witness:
         """Why the kernel died, once it has: read the cgroup again and compare."""
         after = self.cgroup.snapshot() if self.cgroup is not None else None
         return describe_death(returncode, self.before, after, self.job, now)
+
+    def memory(self) -> str | None:
+        """The memory limit the kernel runs under and the peak use against it (for %restart --info); None without."""
+        use = self.cgroup.snapshot() if self.cgroup is not None else None
+        if use is None or use.limit is None:
+            return None
+        owner, whose = _whose(use, self.job)
+        used = f"at most {format_bytes(use.peak)} used of " if use.peak is not None else ""
+        return f"Memory: {used}{owner} {format_bytes(use.limit)} (memory limit of {whose})"

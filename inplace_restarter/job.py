@@ -89,6 +89,8 @@ class Job(LoggingConfigurable):
         self._reading: asyncio.Task | None = None
         #: failures in a row, so that only the first of a run is a warning
         self._failures = 0
+        #: the Slurm command running now, if any, so that it does not outlive the proxy (see kill)
+        self._command: asyncio.subprocess.Process | None = None
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None, **kwargs) -> Job | None:
@@ -98,6 +100,11 @@ class Job(LoggingConfigurable):
         if not job_id:
             return None
         return cls(job_id, env.get("SLURMD_NODENAME") or socket.gethostname(), **kwargs)
+
+    def kill(self) -> None:
+        """Kill the Slurm command running now, and what it started: at the proxy's exit, with no loop to wait on it."""
+        if self._command is not None and self._command.returncode is None:
+            _kill_session(self._command.pid)
 
     @property
     def known(self) -> bool:
@@ -185,8 +192,7 @@ class Job(LoggingConfigurable):
         except ValueError:
             raise SlurmUnreadable(f"{command} printed {end!r}, not an end time") from None
 
-    @staticmethod
-    async def _run(argv: list[str], timeout: float) -> str:
+    async def _run(self, argv: list[str], timeout: float) -> str:
         """The command's stdout; SlurmUnreadable if it is missing, fails or outlasts ``timeout`` (then killed)."""
         env = {**os.environ, "SLURM_TIME_FORMAT": "standard"}
         try:
@@ -201,21 +207,27 @@ class Job(LoggingConfigurable):
             )
         except OSError as e:
             raise SlurmUnreadable(f"{argv[0]}: {e.strerror}") from None
+        self._command = process
         try:
             out, err = await asyncio.wait_for(process.communicate(), timeout)
         except TimeoutError:
             raise SlurmUnreadable(f"{argv[0]} did not answer within {timeout:.3g} s") from None
         finally:
+            self._command = None
             if process.returncode is None:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _kill_session(process.pid)
                 await process.wait()
         if process.returncode != 0:
             first = err.decode(errors="replace").strip().splitlines()[:1]
             raise SlurmUnreadable(f"{argv[0]} exited with code {process.returncode}{': ' + first[0] if first else ''}")
         return out.decode(errors="replace")
+
+
+def _kill_session(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def where(job: Job | None, now: float | None = None) -> str:
