@@ -24,7 +24,8 @@ from inplace_restarter import death as death_module
 from inplace_restarter.death import MemoryCgroup, MemoryUse, Witness, describe_death, describe_exit, format_bytes
 from inplace_restarter.job import Job
 
-from .helpers import PYTHON, execute, running, unavailable, wait_until
+from .helpers import PYTHON, execute, running, stderr_of, stdout_of, unavailable, wait_until
+from .spec_helpers import proxied, write_spec
 
 V1_MEMORY = Path("/sys/fs/cgroup/memory")
 MB = 2**20
@@ -174,6 +175,32 @@ def test_a_real_ipykernel_over_its_memory_limit_is_named_a_victim_of_the_out_of_
         returncode = km.provisioner.process.wait(60)
     assert returncode == -signal.SIGKILL
     assert_killed_for_memory(witness.describe(returncode), "128 MB")
+
+
+@pytest.mark.timeout(180)
+def test_a_proxied_kernel_over_its_cgroups_memory_limit_is_said_to_be_and_restarted_in_place(
+    kernels_dir, memory_cgroup
+):
+    """The proxy runs in the cgroup from its start (a shell joins it, then execs the proxy), and so do its kernels."""
+    cgroup = memory_cgroup(300 * MB)
+    spec = proxied()
+    join = f'echo $$ > {cgroup.folder / "cgroup.procs"} && exec "$0" "$@"'
+    spec["argv"] = ["/bin/sh", "-c", join, *spec["argv"]]
+    write_spec(kernels_dir, "in-cgroup", spec)
+    with running("in-cgroup") as (km, kc):
+        assert km.provisioner.pid in cgroup.pids()
+        execute(kc, "x = 1")
+        reply, outputs = execute(kc, "held = bytearray(600 * 2**20)", timeout=60)
+        killed = (
+            r"The kernel was killed by the out-of-memory killer: it used [\d.]+ MB of the cgroup's 300 MB "
+            r"\(memory limit of this cgroup\)"
+        )
+        assert re.fullmatch(rf"{killed}; it was restarted in place", reply["content"]["evalue"]), reply["content"]
+        assert re.fullmatch(rf"{killed}; restarting it in place\.\n", stderr_of(outputs)), stderr_of(outputs)
+        _, outputs = execute(kc, "print('x' in globals())")
+        assert stdout_of(outputs) == "False\n", "a fresh namespace"
+        _, outputs = execute(kc, "%restart --info")
+        assert re.search(r"^Memory: at most [\d.]+ MB used of the cgroup's 300 MB", stdout_of(outputs), re.M)
 
 
 def test_cgroup_v2_files_are_read_with_an_ancestors_limit_and_the_job_named(tmp_path):
