@@ -24,7 +24,17 @@ from inplace_restarter import death as death_module
 from inplace_restarter.death import MemoryCgroup, MemoryUse, Witness, describe_death, describe_exit, format_bytes
 from inplace_restarter.job import Job
 
-from .helpers import PYTHON, execute, running, stderr_of, stdout_of, unavailable, wait_until
+from .helpers import (
+    PYTHON,
+    execute,
+    inner_pid,
+    inner_pids,
+    running,
+    stderr_of,
+    stdout_of,
+    unavailable,
+    wait_until,
+)
 from .spec_helpers import proxied, write_spec
 
 V1_MEMORY = Path("/sys/fs/cgroup/memory")
@@ -177,12 +187,23 @@ def test_a_real_ipykernel_over_its_memory_limit_is_named_a_victim_of_the_out_of_
     assert_killed_for_memory(witness.describe(returncode), "128 MB")
 
 
+#: A cell that returns at once and leaves a thread to allocate 600 MB once ``release`` exists.
+IDLE_ALLOCATION = (
+    "import os, threading, time\n"
+    "def allocate():\n"
+    "    while not os.path.exists({release!r}):\n"
+    "        time.sleep(0.02)\n"
+    "    globals()['held'] = bytearray(600 * 2**20)\n"
+    "threading.Thread(target=allocate, daemon=True).start()"
+)
+
+
 @pytest.mark.timeout(180)
 def test_a_proxied_kernel_over_its_cgroups_memory_limit_is_said_to_be_and_restarted_in_place(
-    kernels_dir, memory_cgroup
+    kernels_dir, memory_cgroup, tmp_path
 ):
     """The proxy runs in the cgroup from its start (a shell joins it, then execs the proxy), and so do its kernels."""
-    cgroup = memory_cgroup(300 * MB)
+    cgroup, release = memory_cgroup(300 * MB), tmp_path / "release"
     spec = proxied()
     join = f'echo $$ > {cgroup.folder / "cgroup.procs"} && exec "$0" "$@"'
     spec["argv"] = ["/bin/sh", "-c", join, *spec["argv"]]
@@ -201,6 +222,15 @@ def test_a_proxied_kernel_over_its_cgroups_memory_limit_is_said_to_be_and_restar
         assert stdout_of(outputs) == "False\n", "a fresh namespace"
         _, outputs = execute(kc, "%restart --info")
         assert re.search(r"^Memory: at most [\d.]+ MB used of the cgroup's 300 MB", stdout_of(outputs), re.M)
+
+        # Killed while no cell runs: the next cell says so at its top.
+        before = inner_pid(km)
+        execute(kc, IDLE_ALLOCATION.format(release=str(release)))
+        release.touch()
+        wait_until(lambda: inner_pids(km) - {before}, "a new inner kernel")
+        _, outputs = execute(kc, "print('next')")
+        notice = rf"{killed} at [:\d]+, and was restarted in place: its variables are gone\.\n"
+        assert re.fullmatch(notice, stderr_of(outputs)), stderr_of(outputs)
 
 
 def test_cgroup_v2_files_are_read_with_an_ancestors_limit_and_the_job_named(tmp_path):
