@@ -542,14 +542,15 @@ class ProxyKernel(WrapperKernelBase):
 
     def _info(self) -> str:
         """``%restart --info``: where the kernel runs, its job and the time left as last read, its memory limit."""
-        lines = [f"The kernel runs {'in ' if self.job is not None else ''}{where(self.job)}"]
-        if self.job is not None and self.job.end is not None:
-            lines[0] += f" (time limit {self.job.time_limit}, until {self.job.end:%Y-%m-%d %H:%M:%S})"
-        elif self.job is not None and not self.job.known:
-            lines[0] += " (Slurm has not said when it ends)"
+        job = self.job
+        text = f"The kernel runs {'in ' if job is not None else ''}{where(job)}"
+        if job is not None and job.end is not None:
+            text += f" (time limit {job.time_limit}, until {job.end:%Y-%m-%d %H:%M:%S})"
+        elif job is not None and not job.known:
+            text += " (Slurm has not said when it ends)"
         inner = self.kernels.current
         memory = inner.witness.memory() if inner is not None and inner.witness is not None else None
-        return "\n".join([*lines, *([memory] if memory else [])]) + "\n"
+        return f"{text}\n{memory}\n" if memory else f"{text}\n"
 
     def _ok(self, execution_count: int) -> dict:
         return {"status": "ok", "execution_count": execution_count, "payload": [], "user_expressions": {}}
