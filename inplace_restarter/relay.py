@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import zmq
 from jupyter_client.session import DELIM, Session
 
-from .frames import decoded, delimiter, send_frames, unpacked, verified
+from .frames import decoded, delimiter, recv_frames, send_frames, unpacked, verified
 
 if t.TYPE_CHECKING:
     from jupyter_client.blocking import BlockingKernelClient
@@ -285,7 +285,7 @@ class Relay:
         handler = self._handlers[socket]
         while not self._closed:
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(socket, zmq.NOBLOCK)
             except zmq.Again:
                 return
             handler(frames)
