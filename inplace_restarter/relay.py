@@ -24,7 +24,7 @@ import zmq
 from jupyter_client.session import DELIM, Session
 
 from .death import describe_exit
-from .frames import decoded, delimiter, send_frames, unpacked, verified
+from .frames import decoded, delimiter, recv_frames, send_frames, unpacked, verified
 
 if t.TYPE_CHECKING:
     from jupyter_client.blocking import BlockingKernelClient
@@ -278,7 +278,7 @@ class Relay:
         handler = self._handlers[socket]
         while not self._closed:
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(socket, zmq.NOBLOCK)
             except zmq.Again:
                 return
             handler(frames)
