@@ -97,9 +97,9 @@ class InPlaceProvisioner(LocalProvisioner):
     server_ip = Unicode(
         "",
         config=True,
-        help="The address of this (the Jupyter server's) host that compute nodes reach. By default every "
-        "public IPv4 address of the host is offered, and the proxy on the node takes the first it has a "
-        "route to.",
+        help="The address of this (the Jupyter server's) host that compute nodes reach, or several, comma "
+        "separated, in order of preference: the proxy on the node takes the first it has a route to. By "
+        "default every public IPv4 address of the host is offered.",
     )
 
     #: between the proxy's answer and the relaunch: the proxy restarts itself, nothing is done to it
@@ -194,7 +194,7 @@ class InPlaceProvisioner(LocalProvisioner):
                 logged = watch.job
                 self.log.info(
                     "Kernel %s: Slurm job %s is pending (queued and waiting for resources); "
-                    "waiting up to %g s for it to start (InPlaceProvisioner.launch_timeout)",
+                    "waiting up to %.0f s for it to start (InPlaceProvisioner.launch_timeout)",
                     self.kernel_id,
                     watch.job,
                     max(0.0, deadline - loop.time()),
@@ -219,7 +219,9 @@ class InPlaceProvisioner(LocalProvisioner):
         if watch is not None:
             await asyncio.to_thread(watch.join, 5)
         last = watch.last_words if watch is not None else ""
-        raise RuntimeError(f"Kernel {self.kernel_id} did not start: {what}" + (f"; {launcher}: {last}" if last else ""))
+        raise RuntimeError(
+            f"Kernel {self.kernel_id} did not start: {what}" + (f"; last line from {launcher}: {last}" if last else "")
+        )
 
     async def cleanup(self, restart: bool = False) -> None:
         """As LocalProvisioner's, returning the ports it took on this host, not the node's."""

@@ -83,9 +83,14 @@ def parse_report(line: str | bytes, key: bytes, scheme: str) -> dict | None:
 
 
 def server_ips(configured: str = "") -> list[str]:
-    """The addresses of this (the server's) host to offer the proxy: ``configured`` alone, else every public IPv4 one."""
+    """The addresses of this (the server's) host to offer the proxy, in order of preference.
+
+    ``configured`` (comma separated) alone if given; else every public IPv4
+    address of the host, as jupyter_client lists them (it reads them once
+    per process: an address added later must be configured).
+    """
     if configured:
-        return [configured]
+        return [ip.strip() for ip in configured.split(",") if ip.strip()]
     from jupyter_client.localinterfaces import public_ips
 
     return [ip for ip in public_ips() if _is_ipv4(ip)]

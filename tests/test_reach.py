@@ -77,6 +77,7 @@ def test_the_request_is_the_variable_and_carries_the_servers_addresses():
 
 def test_the_server_offers_a_configured_address_alone_else_its_public_ipv4_ones():
     assert reach.server_ips("10.77.0.1") == ["10.77.0.1"]
+    assert reach.server_ips("10.77.0.1, 192.0.2.7") == ["10.77.0.1", "192.0.2.7"]
     offered = reach.server_ips()
     assert all(not ip.startswith("127.") and ":" not in ip for ip in offered)
 
