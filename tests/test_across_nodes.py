@@ -261,3 +261,22 @@ def test_a_server_killed_with_sigkill_leaves_no_job(on_node2):
     finally:
         server.kill()
         server.wait(15)
+
+
+def test_notebooks_in_one_allocation_run_as_its_steps_on_the_nodes_named(kernels_dir, multinode):
+    """``salloc -N2 --no-shell``, then a spec per node with ``srun --jobid=ID --overlap -w NODE``."""
+    subprocess.run(["salloc", "-N2", "--no-shell", "--job-name=notebooks"], capture_output=True, timeout=60, check=True)
+    allocation = next(j["id"] for j in multinode.jobs() if j["name"] == "notebooks")
+    offered = ",".join([*reach.server_ips(), multinode.login_address])
+    try:
+        for node in ("node1", "node2"):
+            spec = job_spec(f"--jobid={allocation}", "--overlap")
+            spec["argv"][spec["argv"].index("node2")] = node
+            installed(kernels_dir, node, spec, server_ip=offered)
+        with running("node1", startup_timeout=120) as (km1, kc1), running("node2", startup_timeout=120) as (km2, kc2):
+            assert [where(kc)[:2] for kc in (kc1, kc2)] == [("node1", allocation), ("node2", allocation)]
+            assert [reached(km)["ip"] for km in (km1, km2)] == [multinode.address(n) for n in ("node1", "node2")]
+        assert [j["id"] for j in multinode.jobs()] == [allocation], "shutting the kernels down kept the allocation"
+    finally:
+        subprocess.run(["scancel", allocation], timeout=30, check=False)
+        multinode.wait_for_job_gone(allocation)
