@@ -10,13 +10,14 @@ brings in IPython's whole shell, which the proxy never runs.
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
-from socket import gethostname
 
 import zmq
 from ipykernel.control import ControlThread
@@ -151,7 +152,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
                 self.log.critical(
                     "%s cannot see the connection file %s: give Jupyter a runtime folder shared with the node "
                     "(JUPYTER_RUNTIME_DIR in the Jupyter server's environment)",
-                    gethostname(),
+                    socket.gethostname(),
                     self.connection_file,
                 )
                 self.exit(2)
@@ -179,12 +180,21 @@ python -m inplace_restarter list|install|remove|wizard --help"""
             self.exit(2)
         if ip is None:
             return
+        try:
+            with socket.socket() as probe:
+                probe.bind((ip, 0))
+        except OSError as e:
+            self.log.critical(
+                "Cannot listen on %s on %s (ProxyKernelApp.bind_ip): %s", ip, socket.gethostname(), e.strerror
+            )
+            self.exit(2)
         if self.transport != "tcp":
             self.log.critical(
                 "The kernel runs on another host than the server: use the tcp transport, not %s", self.transport
             )
             self.exit(2)
-        if self.curve_secretkey is None and not self.allow_unencrypted_across_nodes:
+        routable = not ipaddress.ip_address(ip).is_loopback
+        if routable and self.curve_secretkey is None and not self.allow_unencrypted_across_nodes:
             self.log.critical(
                 "Refusing to bind on %s without CurveZMQ keys in the connection file (start the kernel with "
                 "inplace_restarter's provisioner, which adds them, or set "
@@ -203,7 +213,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         info = {
             "ip": self.ip,
             "transport": self.transport,
-            "hostname": gethostname(),
+            "hostname": socket.gethostname(),
             "pid": os.getpid(),
             **{f"{name}_port": getattr(self, f"{name}_port") for name in self.ports},
         }
@@ -224,9 +234,9 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         self.shell_socket, self.stdin_socket, self.control_socket = (
             self._bound(zmq.ROUTER, name) for name in ("shell", "stdin", "control")
         )
-        for socket in (self.shell_socket, self.stdin_socket, self.control_socket):
+        for router in (self.shell_socket, self.stdin_socket, self.control_socket):
             # ipykernel#270: a client that reconnects with the same identity takes over.
-            socket.router_handover = 1
+            router.router_handover = 1
         self.iopub = IOPubRelay(self._bound(zmq.XPUB, "iopub"), self.session, self.context)
         self.iopub.start()
         # Its own context, as ipykernel's: the heartbeat must not wait on the GIL.
@@ -311,8 +321,8 @@ python -m inplace_restarter list|install|remove|wizard --help"""
             self.control_thread.stop()
             self.control_thread.join()
         self.iopub.stop()
-        for socket in (self.shell_socket, self.stdin_socket, self.control_socket, self.iopub.socket):
-            socket.close()
+        for client_socket in (self.shell_socket, self.stdin_socket, self.control_socket, self.iopub.socket):
+            client_socket.close()
         self.context.term()
         self.heartbeat.context.term()
 

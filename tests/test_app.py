@@ -28,7 +28,7 @@ from .helpers import (
     wait_for_file,
 )
 from .spec_helpers import IPYKERNEL_ARGV
-from .test_reach import NODE, PEER, in_a_network_namespace
+from .test_reach import NODE, NOWHERE, PEER, SECOND, in_a_network_namespace
 
 HEAVY = ("IPython.core.interactiveshell", "IPython.terminal", "prompt_toolkit", "jedi")
 
@@ -202,14 +202,14 @@ import json, os, subprocess, sys, zmq
 from jupyter_client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 from inplace_restarter import reach
-folder, server, curve, *kernel = sys.argv[1:]
+folder, server, curve, options, *kernel = sys.argv[1:]
 keys = zmq.curve_keypair() if curve == "curve" else (None, None)
 connection_file, info = write_connection_file(
     os.path.join(folder, "kernel.json"), ip="127.0.0.1", key=b"k3y", curve_publickey=keys[0], curve_secretkey=keys[1]
 )
 env = {**os.environ, reach.ENV_NAME: server, "JPY_PARENT_PID": str(os.getpid())}
 proxy = subprocess.Popen(
-    [sys.executable, "-m", "inplace_restarter", "-f", connection_file, "--", *kernel],
+    [sys.executable, "-m", "inplace_restarter", "-f", connection_file, *options.split(), "--", *kernel],
     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
 )
 report = reach.parse_report(proxy.stdout.readline(), b"k3y", "hmac-sha256")
@@ -230,7 +230,7 @@ print(json.dumps({"report": report, "file ports": [info[k] for k in reach.PORTS]
 
 
 def test_on_another_host_the_kernel_binds_its_address_toward_the_server_on_ports_of_its_own(jupyter_dirs, tmp_path):
-    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "curve", *IPYKERNEL_ARGV)
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "curve", "", *IPYKERNEL_ARGV)
     report = result["report"]
     assert report["ip"] == NODE
     assert not set(result["file ports"]) & {report[name] for name in reach.PORTS}, "the node picks its own ports"
@@ -238,8 +238,40 @@ def test_on_another_host_the_kernel_binds_its_address_toward_the_server_on_ports
 
 
 def test_on_another_host_the_kernel_refuses_to_listen_unencrypted(jupyter_dirs, tmp_path):
-    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "plain", *IPYKERNEL_ARGV)
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "plain", "", *IPYKERNEL_ARGV)
     assert result["exit"] != 0
     errors = [line for line in result["stderr"].splitlines() if "CRITICAL" in line]
     assert len(errors) == 1 and f"Refusing to bind on {NODE} without CurveZMQ keys" in errors[0]
     assert "ProxyKernelApp.allow_unencrypted_across_nodes" in errors[0]
+
+
+def test_on_another_host_the_kernel_listens_unencrypted_only_when_told_in_so_many_words(jupyter_dirs, tmp_path):
+    told = "--ProxyKernelApp.allow_unencrypted_across_nodes=True"
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "plain", told, *IPYKERNEL_ARGV)
+    assert (result["report"]["ip"], result["out"]) == (NODE, "served from the node\n")
+
+
+def test_an_address_given_to_bind_on_wins_over_the_route(jupyter_dirs, tmp_path):
+    option = f"--ProxyKernelApp.bind_ip={SECOND}"
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "curve", option, *IPYKERNEL_ARGV)
+    assert (result["report"]["ip"], result["out"]) == (SECOND, "served from the node\n")
+
+
+def test_with_no_route_to_the_server_the_kernel_names_the_options_that_fix_it(jupyter_dirs, tmp_path):
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), NOWHERE, "curve", "", *IPYKERNEL_ARGV)
+    assert result["exit"] != 0
+    errors = [line for line in result["stderr"].splitlines() if "CRITICAL" in line]
+    assert (
+        len(errors) == 1
+        and f"no route from {socket.gethostname()} to the Jupyter server's host ({NOWHERE})" in errors[0]
+    )
+    assert "ProxyKernelApp.bind_ip" in errors[0]
+
+
+def test_an_address_to_bind_on_that_is_not_the_nodes_is_a_one_line_error(jupyter_dirs, tmp_path):
+    option = f"--ProxyKernelApp.bind_ip={PEER}"
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "curve", option, *IPYKERNEL_ARGV)
+    assert result["exit"] == 2
+    errors = [line for line in result["stderr"].splitlines() if "CRITICAL" in line]
+    assert len(errors) == 1 and f"Cannot listen on {PEER} on " in errors[0] and "(ProxyKernelApp.bind_ip)" in errors[0]
+    assert "Traceback" not in result["stderr"]

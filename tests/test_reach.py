@@ -36,6 +36,8 @@ INFO = {
 NODE = "10.77.0.2"
 PEER = "10.77.0.1"
 NOWHERE = "10.9.9.9"
+#: a second address of the node's, on the same veth
+SECOND = "10.77.0.3"
 
 
 def test_a_report_line_carries_the_address_ports_host_and_pid_signed_with_the_session_key():
@@ -89,11 +91,11 @@ def test_on_the_servers_own_host_the_proxy_binds_what_the_connection_file_says()
 
 
 def in_a_network_namespace(code: str, *args: str) -> dict:
-    """Run ``code`` (which prints JSON) in a new network namespace with lo and a veth at 10.77.0.2/24."""
+    """Run ``code`` (which prints JSON) in a new network namespace with lo and a veth at 10.77.0.2 and .3/24."""
     needs(os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip"), "root, unshare and ip")
     setup = (
         "ip link set lo up && ip link add v0 type veth peer name v1 && "
-        f'ip addr add {NODE}/24 dev v0 && ip link set v0 up && ip link set v1 up && exec "$@"'
+        f'ip addr add {NODE}/24 dev v0 && ip addr add {SECOND}/24 dev v0 && ip link set v0 up && ip link set v1 up && exec "$@"'
     )
     done = subprocess.run(
         ["unshare", "--net", "sh", "-c", setup, "sh", PYTHON, "-c", code, *args],
