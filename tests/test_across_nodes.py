@@ -319,3 +319,34 @@ def test_what_the_kernel_writes_to_its_own_stdout_reaches_the_servers_and_a_floo
 
         wait_until(flood_ended, "the flood's last line on the server's stdout", 60)
     assert "".join(passed_on).count("x" * 8191 + "\n") == 400, "every line, unchanged"
+
+
+def test_an_ordinary_restart_may_land_on_another_node_and_clients_follow(kernels_dir, multinode):
+    spec = job_spec()
+    spec["argv"].remove("-w")
+    spec["argv"].remove("node2")
+    offered = ",".join([*reach.server_ips(), multinode.login_address])
+    installed(kernels_dir, "anywhere", spec, server_ip=offered)
+    with running("anywhere", startup_timeout=120) as (km, kc):
+        first, job, _, proxy = where(kc)
+        assert reached(km)["ip"] == multinode.address(first)
+        os.kill(proxy, signal.SIGKILL)
+        multinode.wait_for_job_gone(job)
+        subprocess.run(
+            ["salloc", "-w", first, "--exclusive", "--no-shell", "--job-name=holder"], timeout=60, check=True
+        )
+        holder = next(j["id"] for j in multinode.jobs() if j["name"] == "holder")
+        try:
+            km.restart_kernel(now=True)
+            fresh = km.client()
+            fresh.start_channels()
+            try:
+                fresh.wait_for_ready(timeout=120)
+                second, _, _, _ = where(fresh)
+            finally:
+                fresh.stop_channels()
+            assert second != first
+            assert reached(km)["ip"] == multinode.address(second)
+        finally:
+            subprocess.run(["scancel", holder], timeout=30, check=False)
+    multinode.wait_for_empty_queue(15)
