@@ -28,6 +28,7 @@ from jupyter_client.manager import KernelManager
 
 from inplace_restarter import reach
 
+from .e2e.conftest import jupyter_server, restart_button_enabled  # noqa: F401  (a fixture)
 from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream, wait_until
 from .spec_helpers import load, run_cli, write_spec
 from .test_provisioner import with_provisioner
@@ -350,3 +351,20 @@ def test_an_ordinary_restart_may_land_on_another_node_and_clients_follow(kernels
         finally:
             subprocess.run(["scancel", holder], timeout=30, check=False)
     multinode.wait_for_empty_queue(15)
+
+
+@pytest.mark.usefixtures("restart_button_enabled")
+def test_a_jupyter_server_starts_the_kernel_on_node2_and_killed_with_sigkill_leaves_no_job(
+    kernels_dir, multinode, tmp_path
+):
+    """The real thing: ``jupyter server`` with the extension (the provisioner its default), the spec as install left it."""
+    done = run_cli("install", write_spec(kernels_dir, "plain", job_spec()).name)
+    assert done.returncode == 0, done.stderr
+    with jupyter_server("jupyter_server", tmp_path) as server:
+        kernel = server.api("/api/kernels", "POST", {"name": "plain"})
+        assert [j["state"] for j in multinode.jobs()] == ["RUNNING"]
+        log = server.log()
+        assert f"Kernel {kernel['id']}: the proxy listens on node2 ({multinode.address('node2')}), ports " in log
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(15)
+        print(f"queue empty {multinode.wait_for_empty_queue(15):.1f} s after the Jupyter server's SIGKILL")
