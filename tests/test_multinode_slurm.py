@@ -175,9 +175,9 @@ def _namespaces_of(cluster: MultiNodeCluster) -> list[str]:
 
 
 @pytest.mark.timeout(180)
-def test_stopping_leaves_nothing_even_with_a_job_and_a_stray_process_running(multinode_cluster):
+def test_stopping_leaves_nothing_even_with_a_job_and_a_stray_process_running(multinode):
     with multinode_cluster_up(f"{os.getpid()}t") as cluster:
-        assert cluster.prefix != multinode_cluster.prefix and cluster.net != multinode_cluster.net
+        assert cluster.prefix != multinode.prefix and cluster.net != multinode.net
         assert len(_namespaces_of(cluster)) == 4
         job = subprocess.Popen(
             ["srun", "-N1", "-w", "node1", "sleep", "600"], env=cluster.env, stderr=subprocess.DEVNULL
@@ -190,7 +190,7 @@ def test_stopping_leaves_nothing_even_with_a_job_and_a_stray_process_running(mul
     assert job.wait(30) != 0, "the job was cancelled"
     assert stray.wait(30) != 0, "the stray process was ended"
     assert not [pid for pid in daemons if Path(f"/proc/{pid}").exists()]
-    assert multinode_cluster.jobs() == [], "the session's cluster is another one, untouched"
+    assert run(multinode, "srun", "-N1", "-w", "node1", "hostname").stdout == "node1\n", "the session's is untouched"
 
 
 class _BrokenController(MultiNodeCluster):
