@@ -44,6 +44,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import time
 import typing as t
 from contextlib import suppress
 
@@ -167,15 +168,17 @@ class InPlaceProvisioner(LocalProvisioner):
         kernels down with that thread.
         """
         kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_stop_with_parent)
+        started = time.monotonic()
         await super().launch_kernel(cmd, **kwargs)
         report = await self._wait_for_report(cmd[0])
         self.connection_info = {**self.connection_info, **{name: report[name] for name in reach.FIELDS}}
         self.log.info(
-            "Kernel %s: the proxy listens on %s (%s), ports %s",
+            "Kernel %s: the proxy listens on %s (%s), ports %s; %.1f s after launch",
             self.kernel_id,
             report.get("hostname", "?"),
             report["ip"],
             ", ".join(str(report[name]) for name in reach.PORTS),
+            time.monotonic() - started,
         )
         return self.connection_info
 
