@@ -29,7 +29,7 @@ from jupyter_client.manager import KernelManager
 from inplace_restarter import reach
 
 from .e2e.conftest import jupyter_server, restart_button_enabled  # noqa: F401  (a fixture)
-from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream, wait_until
+from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream
 from .spec_helpers import load, run_cli, write_spec
 from .test_provisioner import with_provisioner
 
@@ -241,9 +241,9 @@ def test_a_pending_job_is_logged_with_its_id_and_given_up_with_no_job_left(kerne
         multinode.wait_for_job_gone(holder)
 
 
-#: A Jupyter server in miniature: start the kernel, say so, wait to be killed.
+#: A Jupyter server in miniature: start the kernel, say so, run each line read as a cell, until killed.
 SERVER = """
-import sys
+import json, sys
 from jupyter_client.manager import KernelManager
 km = KernelManager(kernel_name=sys.argv[1])
 km.start_kernel()
@@ -251,7 +251,9 @@ kc = km.blocking_client()
 kc.start_channels()
 kc.wait_for_ready(timeout=120)
 print(km.get_connection_info()["ip"], flush=True)
-sys.stdin.readline()
+for line in sys.stdin:
+    reply = kc.execute_interactive(json.loads(line), timeout=120, output_hook=lambda msg: None)
+    print("reply:", reply["content"]["status"], flush=True)
 """
 
 
@@ -301,25 +303,27 @@ def test_in_a_job_on_the_servers_own_host_the_kernel_listens_where_the_connectio
     slurm.wait_for_empty_queue(15)
 
 
-def test_what_the_kernel_writes_to_its_own_stdout_reaches_the_servers_and_a_flood_of_it_blocks_nothing(on_node2, capfd):
+def test_what_the_kernel_writes_to_its_own_stdout_reaches_the_servers_and_a_flood_of_it_blocks_nothing(on_node2):
     """srun's stdout is read for the report and passed on: the kernel's output must not fill the pipe and stall."""
     # Into the proxy's stdout (srun's pipe) itself: ipykernel takes its own fd 1 over for the notebook.
     flood = (
         "import os\nwith open(f'/proc/{os.getppid()}/fd/1', 'wb', buffering=0) as out:\n"
         "    for i in range(400):\n        out.write(b'x' * 8191 + b'\\n')\n    out.write(b'end of the flood\\n')"
     )
-    with running("job", startup_timeout=120) as (_, kc):
-        reply, _ = execute(kc, flood, timeout=120)
-        assert reply["content"]["status"] == "ok", reply
-        assert where(kc)[0] == "node2", "the kernel still answers"
-        passed_on: list[str] = []
-
-        def flood_ended() -> bool:
-            passed_on.append(capfd.readouterr().out)
-            return "end of the flood" in passed_on[-1]
-
-        wait_until(flood_ended, "the flood's last line on the server's stdout", 60)
-    assert "".join(passed_on).count("x" * 8191 + "\n") == 400, "every line, unchanged"
+    server = subprocess.Popen([PYTHON, "-c", SERVER, "job"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == on_node2.address("node2")
+        server.stdin.write(json.dumps(flood) + "\n")
+        server.stdin.flush()
+        lines = []
+        while not ("end of the flood\n" in lines and "reply: ok\n" in lines):
+            lines.append(server.stdout.readline())
+            assert lines[-1], "the server's stdout ended"
+        assert lines.count("x" * 8191 + "\n") == 400, "every line, unchanged"
+    finally:
+        server.stdin.close()
+        server.kill()
+        server.wait(15)
 
 
 def test_an_ordinary_restart_may_land_on_another_node_and_clients_follow(kernels_dir, multinode):
