@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import running
-from .slurm import multinode, multinode_cluster, slurm, slurm_cluster  # noqa: F401  (fixtures for kernels in Slurm jobs)
+from .slurm import multinode, multinode_cluster, on_node2, slurm, slurm_cluster  # noqa: F401  (fixtures for Slurm jobs)
 from .spec_helpers import direct, proxied, write_spec
 
 
