@@ -437,6 +437,14 @@ class MultiNodeCluster(Cluster):
         """Plug ``node``'s cable in (``up``) or pull it: it then reaches nobody and nobody reaches it."""
         self._ip("-n", self.namespaces[node], "link", "set", "eth0", "up" if up else "down")
 
+    def bridge_port(self, node: str, up: bool) -> None:
+        """Switch on (``up``) or off the bridge's port to ``node``, as a cable cut on the switch's side.
+
+        Unlike ``link``, the node's own eth0 keeps its state and routes (it only loses its carrier),
+        so its processes see nothing but silence, as on a real cluster.
+        """
+        self._ip("-n", self.bridge_ns, "link", "set", f"v-{node}", "up" if up else "down")
+
     # -- teardown ---------------------------------------------------------
 
     def stop(self) -> None:
