@@ -153,6 +153,19 @@ class InPlaceProvisioner(LocalProvisioner):
             return self.connection_info
         if not self.reports:
             return await super().launch_kernel(cmd, **kwargs)
+        return await self._launch_reporting(cmd, **kwargs)
+
+    async def _launch_reporting(self, cmd: list[str], **kwargs: t.Any) -> KernelConnectionInfo:
+        """Launch a proxy that may land on another host; its report's ip and ports are the connection info.
+
+        The launcher gets SIGTERM (on which srun ends its job) when the server
+        dies, even by SIGKILL: ``PR_SET_PDEATHSIG``, set in the child between
+        fork and exec.  That signal follows the *thread* that forked, not the
+        process: jupyter_client launches from the thread running the
+        manager's event loop, which in a Jupyter server lives as long as the
+        server; a manager driven from a short-lived thread would take its
+        kernels down with that thread.
+        """
         kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_stop_with_parent)
         await super().launch_kernel(cmd, **kwargs)
         report = await self._wait_for_report(cmd[0])
@@ -167,14 +180,7 @@ class InPlaceProvisioner(LocalProvisioner):
         return self.connection_info
 
     async def _wait_for_report(self, launcher: str) -> dict:
-        """The proxy's report, read off the launcher's stdout; RuntimeError, launcher stopped, if none comes.
-
-        The launcher was started with ``PR_SET_PDEATHSIG`` (SIGTERM, on which
-        srun ends its job), so that no job outlives a server killed even by
-        SIGKILL.  The kernel takes that signal when the *thread* that forked
-        it ends, not the process: jupyter_client launches from the thread
-        that runs the manager's event loop, which lives as long as the server.
-        """
+        """The proxy's report, read off the launcher's stdout; RuntimeError, launcher stopped, if none comes."""
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
 

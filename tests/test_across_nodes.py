@@ -7,7 +7,8 @@ package's provisioner.  The spec is a user's ``srun -w node2`` spec with
 toward the login node, with ports of its own and CURVE, and tells the
 provisioner so in one signed line on srun's stdout; restarts in place keep
 job, node, address and ports; a launch that never says so ends with one line
-and no job; a server killed with SIGKILL leaves no job.
+and no job; a server killed with SIGKILL leaves no job.  On the single-node
+cluster the same spec runs on the server's own host, as it always did.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -231,3 +233,17 @@ def test_notebooks_in_one_allocation_run_as_its_steps_on_the_nodes_named(kernels
     finally:
         subprocess.run(["scancel", allocation], timeout=30, check=False)
         multinode.wait_for_job_gone(allocation)
+
+
+def test_in_a_job_on_the_servers_own_host_the_kernel_listens_where_the_connection_file_says(kernels_dir, slurm):
+    """A route to the server that is local means the same host: the connection file's loopback and ports, encrypted."""
+    spec = job_spec()
+    spec["argv"].remove("-w")
+    spec["argv"].remove("node2")
+    installed(kernels_dir, "here", spec)
+    with running("here", startup_timeout=120) as (km, kc):
+        host, job, _, _ = where(kc)
+        assert (host, [j["id"] for j in slurm.jobs()]) == (socket.gethostname(), [job])
+        info = km.get_connection_info()
+        assert info["ip"] == "127.0.0.1" and info["curve_secretkey"]
+    slurm.wait_for_empty_queue(15)
