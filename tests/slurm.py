@@ -624,9 +624,11 @@ def on_node2(kernels_dir, multinode):
     """The srun spec ``job`` installed; the server offers the node its addresses, the machine's before the cluster's.
 
     The machine's own have no route from the node, so the proxy passes them over and takes the cluster's.
+    Afterwards, the kernel shut down, the queue empties within 15 s.
     """
     installed(kernels_dir, "job", job_spec(), server_ip=offered(multinode))
-    return multinode
+    yield multinode
+    multinode.wait_for_empty_queue(15)
 
 
 def where(kc) -> tuple[str, str, int, int]:

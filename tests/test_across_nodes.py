@@ -28,7 +28,7 @@ from jupyter_client.manager import KernelManager
 
 from inplace_restarter import reach
 
-from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream
+from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream, wait_until
 from .slurm import installed, job_spec, reached, where
 from .spec_helpers import write_spec
 from .test_provisioner import with_provisioner
@@ -247,3 +247,24 @@ def test_in_a_job_on_the_servers_own_host_the_kernel_listens_where_the_connectio
         info = km.get_connection_info()
         assert info["ip"] == "127.0.0.1" and info["curve_secretkey"]
     slurm.wait_for_empty_queue(15)
+
+
+def test_what_the_kernel_writes_to_its_own_stdout_reaches_the_servers_and_a_flood_of_it_blocks_nothing(on_node2, capfd):
+    """srun's stdout is read for the report and passed on: the kernel's output must not fill the pipe and stall."""
+    # Into the proxy's stdout (srun's pipe) itself: ipykernel takes its own fd 1 over for the notebook.
+    flood = (
+        "import os\nwith open(f'/proc/{os.getppid()}/fd/1', 'wb', buffering=0) as out:\n"
+        "    for i in range(400):\n        out.write(b'x' * 8191 + b'\\n')\n    out.write(b'end of the flood\\n')"
+    )
+    with running("job", startup_timeout=120) as (_, kc):
+        reply, _ = execute(kc, flood, timeout=120)
+        assert reply["content"]["status"] == "ok", reply
+        assert where(kc)[0] == "node2", "the kernel still answers"
+        passed_on: list[str] = []
+
+        def flood_ended() -> bool:
+            passed_on.append(capfd.readouterr().out)
+            return "end of the flood" in passed_on[-1]
+
+        wait_until(flood_ended, "the flood's last line on the server's stdout", 60)
+    assert "".join(passed_on).count("x" * 8191 + "\n") == 400, "every line, unchanged"
