@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from contextlib import contextmanager
 
 import pytest
 
@@ -47,22 +47,28 @@ def unreachable(ip: str, port: int) -> bool:
     return False
 
 
-def cut_for(cluster, seconds: float, km, job: str, during: Callable[[], None] = lambda: None) -> None:
-    """Switch node2's port off for ``seconds``, ``during`` run once it is off; srun and the job must live on."""
+@contextmanager
+def link_down(cluster, km, job: str):
+    """node2's port switched off until the block ends; yields ``hold(seconds)``, which keeps it off that long.
+
+    ``hold`` counts from the cut and checks all along that srun and the job live on.
+    """
     srun = km.provisioner.process
     info = reached(km)
     cluster.bridge_port("node2", up=False)
-    try:
-        end = time.monotonic() + seconds
-        assert unreachable(info["ip"], info["shell_port"]), "node2 was still reachable with its port off"
-        during()
+    start = time.monotonic()
 
+    def hold(seconds: float) -> None:
         def over() -> bool:
             assert srun.poll() is None, f"srun exited with {srun.returncode} while the link was down"
             assert [(j["id"], j["state"]) for j in cluster.jobs()] == [(job, "RUNNING")]
-            return time.monotonic() >= end
+            return time.monotonic() - start >= seconds
 
         wait_until(over, f"the end of the {seconds:g} s cut", seconds + 10, interval=0.5)
+
+    try:
+        assert unreachable(info["ip"], info["shell_port"]), "node2 was still reachable with its port off"
+        yield hold
     finally:
         cluster.bridge_port("node2", up=True)
 
@@ -71,7 +77,8 @@ def test_an_idle_kernel_answers_again_after_the_link_is_back(on_node2):
     with running("job", startup_timeout=120) as (km, kc):
         before = where(kc)
         srun = km.provisioner.pid
-        cut_for(on_node2, CUT, km, before[1])
+        with link_down(on_node2, km, before[1]) as hold:
+            hold(CUT)
         back = time.monotonic()
         assert where(kc) == before, "the same kernel, proxy and job"
         answered = time.monotonic() - back
@@ -94,12 +101,11 @@ def test_a_cell_that_prints_during_the_cut_delivers_its_output_and_reply_after_i
         msg_id = kc.execute(cell)
         wait_for_stream(kc, msg_id, "started", timeout=60)
         srun = km.provisioner.process
-
-        def print_during_the_cut() -> None:
+        with link_down(on_node2, km, before[1]) as hold:
             cut.touch()
             wait_for_file(printed, timeout=CUT)
-
-        cut_for(on_node2, CUT, km, before[1], during=print_during_the_cut)
+            hold(CUT)
+            assert not kc.iopub_channel.msg_ready(), "the cell's output crossed a link that was down"
         back = time.monotonic()
         outputs = iopub_until_idle(kc, msg_id, timeout=BACK_WITHIN)
         reply = reply_to(kc, msg_id, timeout=BACK_WITHIN)
