@@ -6,7 +6,9 @@ node.  The server runs there as a user starts it: ``jupyter_server`` (or
 the package's provisioner is the default, and a user's ``srun -w node2`` spec
 put through ``install``, with no provisioner named in it and no address
 configured.  Clients speak to the server only: REST and the kernel's
-websocket, or JupyterLab in headless Chromium.
+websocket (cells, ``%restart``, the REST restart and interrupt, DELETE), or
+JupyterLab in headless Chromium.  Restarts in place keep job, node and proxy;
+the job ends with the kernel, and with a server killed by SIGKILL.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
 from playwright.sync_api import expect
 
+from ..helpers import is_idle, stdout_of
 from ..slurm import WHERE, job_spec
 from ..spec_helpers import run_cli, write_spec
 from .conftest import DISPLAY_NAME, KERNEL_NAME, RESTART_MESSAGE, jupyter_server, open_notebook
@@ -62,33 +66,36 @@ class KernelSocket:
         self.ws.send(json.dumps({**msg, "channel": channel, "buffers": []}, default=json_default))
         return msg["header"]["msg_id"]
 
-    def execute(self, code: str, timeout: float = 120) -> tuple[dict, list[dict]]:
-        """Run ``code``: its execute_reply and its iopub messages, once both the reply and idle are in."""
-        msg_id = self.send("shell", "execute_request", {"code": code, "silent": False, "store_history": True})
+    def run(self, code: str) -> str:
+        """Ask for ``code`` to run, as a notebook does; the request's msg_id."""
+        return self.send("shell", "execute_request", {"code": code, "silent": False, "store_history": True})
+
+    def until(self, msg_id: str, done: Callable[[list[dict]], bool], timeout: float = 120) -> list[dict]:
+        """The messages (any channel) answering ``msg_id`` as they come, up to where ``done`` says so."""
         deadline = time.monotonic() + timeout
-        reply, outputs, idle = None, [], False
-        while reply is None or not idle:
+        seen: list[dict] = []
+        while not done(seen):
             self.ws.settimeout(max(deadline - time.monotonic(), 0.01))
             msg = json.loads(self.ws.recv())
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["channel"] == "shell":
-                reply = msg
-            elif msg["channel"] == "iopub":
-                outputs.append(msg)
-                idle = msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
-        return reply, outputs
+            if msg["parent_header"].get("msg_id") == msg_id:
+                seen.append(msg)
+        return seen
+
+    def execute(self, code: str, timeout: float = 120) -> tuple[dict, list[dict]]:
+        """Run ``code``: its execute_reply and its iopub messages, once both the reply and idle are in."""
+        seen = self.until(self.run(code), lambda seen: replied(seen) and any(map(is_idle, seen)), timeout)
+        return replied(seen), [m for m in seen if m["channel"] == "iopub"]
 
     def where(self) -> tuple[str, str, int, int]:
         """The kernel's host, job id, pid and the proxy's pid."""
         reply, outputs = self.execute(WHERE)
         assert reply["content"]["status"] == "ok", reply["content"]
-        host, job, pid, proxy = stdout(outputs).split()
+        host, job, pid, proxy = stdout_of(outputs).split()
         return host, job, int(pid), int(proxy)
 
 
-def stdout(outputs: list[dict]) -> str:
-    return "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
+def replied(seen: list[dict]) -> dict | None:
+    return next((m for m in seen if m["channel"] == "shell"), None)
 
 
 @contextmanager
@@ -106,7 +113,9 @@ def connection_ip(jupyter_dirs, kernel_id: str) -> str:
     return json.loads(path.read_text())["ip"]
 
 
-def test_rest_and_websocket_drive_a_kernel_on_node2_through_both_restarts(node2_spec, jupyter_dirs, tmp_path):
+def test_rest_and_websocket_drive_a_kernel_on_node2_through_both_restarts_and_an_interrupt(
+    node2_spec, jupyter_dirs, tmp_path
+):
     cluster = node2_spec
     with jupyter_server("jupyter_server", tmp_path) as server:
         kernel = server.api("/api/kernels", "POST", {"name": KERNEL_NAME})
@@ -119,13 +128,20 @@ def test_rest_and_websocket_drive_a_kernel_on_node2_through_both_restarts(node2_
 
             reply, outputs = ws.execute("%restart")
             assert reply["content"]["status"] == "ok", reply["content"]
-            assert RESTART_MESSAGE.search(stdout(outputs)), stdout(outputs)
+            assert RESTART_MESSAGE.search(stdout_of(outputs)), stdout_of(outputs)
             assert ws.execute("x")[0]["content"]["ename"] == "NameError"
             host_cell, job_cell, pid_cell, proxy_cell = ws.where()
 
             restarted = server.api(f"/api/kernels/{kernel['id']}/restart", "POST", {})
             assert restarted["id"] == kernel["id"]
             host_rest, job_rest, pid_rest, proxy_rest = ws.where()
+
+            sleeping = ws.run("import time\nprint('sleeping', flush=True)\ntime.sleep(600)")
+            ws.until(sleeping, lambda seen: "sleeping" in stdout_of(seen))
+            server.api(f"/api/kernels/{kernel['id']}/interrupt", "POST", {})
+            interrupted = replied(ws.until(sleeping, replied, timeout=30))
+            assert interrupted["content"]["ename"] == "KeyboardInterrupt", interrupted["content"]
+            assert ws.where()[:3] == (host, job, pid_rest), "the same kernel answers after the interrupt"
 
         assert (host_cell, job_cell, proxy_cell) == (host_rest, job_rest, proxy_rest) == (host, job, proxy)
         assert len({pid, pid_cell, pid_rest}) == 3, "a new kernel behind the proxy at each restart"
