@@ -31,8 +31,7 @@ import pytest
 from inplace_restarter import reach
 
 from .helpers import PYTHON, ended, execute, free_port, kill, stdout_of, unavailable, wait_until
-from .spec_helpers import load, run_cli, write_spec
-from .test_provisioner import with_provisioner
+from .spec_helpers import load, run_cli, with_provisioner, write_spec
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("srun", "squeue", "sinfo", "scontrol", "scancel")

@@ -11,6 +11,7 @@ import venv
 from pathlib import Path
 
 from inplace_restarter.kernelspec import wrapped
+from inplace_restarter.provisioner import PROVISIONER_NAME
 
 #: The kernel used directly and behind the proxy throughout the tests.
 IPYKERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -54,6 +55,15 @@ def direct(argv: list[str] = IPYKERNEL_ARGV, **fields) -> dict:
 def proxied(inner_argv: list[str] = IPYKERNEL_ARGV, **fields) -> dict:
     """The kernel.json ``install`` makes of ``direct(inner_argv, **fields)``: the proxy in front of it."""
     return wrapped(direct(inner_argv, **{"display_name": "Python (in-place restart)", **fields}), sys.executable)
+
+
+def with_provisioner(spec: dict, **config) -> dict:
+    """``spec`` naming the package's provisioner, with ``config`` for it, as a spec may where the package is known."""
+    spec["metadata"] = {
+        **spec.get("metadata", {}),
+        "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": config},
+    }
+    return spec
 
 
 def write_spec(kernels_dir: Path, name: str, spec: dict | str) -> Path:

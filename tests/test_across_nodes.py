@@ -30,8 +30,7 @@ from inplace_restarter import reach
 
 from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream, wait_until
 from .slurm import installed, job_spec, reached, where
-from .spec_helpers import write_spec
-from .test_provisioner import with_provisioner
+from .spec_helpers import with_provisioner, write_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 

@@ -34,17 +34,9 @@ from .helpers import (
     wait_for_inner_count,
     wait_until,
 )
-from .spec_helpers import direct, proxied, write_spec
+from .spec_helpers import direct, proxied, with_provisioner, write_spec
 
 ROOT = Path(__file__).parents[1]
-
-
-def with_provisioner(spec: dict, **config) -> dict:
-    spec["metadata"] = {
-        **spec.get("metadata", {}),
-        "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": config},
-    }
-    return spec
 
 
 @pytest.fixture
