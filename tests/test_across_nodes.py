@@ -28,6 +28,7 @@ from jupyter_client.manager import KernelManager
 
 from inplace_restarter import reach
 
+from .e2e.conftest import jupyter_server, restart_button_enabled  # noqa: F401  (a fixture)
 from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream, wait_until
 from .slurm import installed, job_spec, reached, where
 from .spec_helpers import with_provisioner, write_spec
@@ -267,3 +268,51 @@ def test_what_the_kernel_writes_to_its_own_stdout_reaches_the_servers_and_a_floo
 
         wait_until(flood_ended, "the flood's last line on the server's stdout", 60)
     assert "".join(passed_on).count("x" * 8191 + "\n") == 400, "every line, unchanged"
+
+
+def test_an_ordinary_restart_may_land_on_another_node_and_clients_follow(kernels_dir, multinode):
+    spec = job_spec()
+    spec["argv"].remove("-w")
+    spec["argv"].remove("node2")
+    offered = ",".join([*reach.server_ips(), multinode.login_address])
+    installed(kernels_dir, "anywhere", spec, server_ip=offered)
+    with running("anywhere", startup_timeout=120) as (km, kc):
+        first, job, _, proxy = where(kc)
+        assert reached(km)["ip"] == multinode.address(first)
+        os.kill(proxy, signal.SIGKILL)
+        multinode.wait_for_job_gone(job)
+        subprocess.run(
+            ["salloc", "-w", first, "--exclusive", "--no-shell", "--job-name=holder"], timeout=60, check=True
+        )
+        holder = next(j["id"] for j in multinode.jobs() if j["name"] == "holder")
+        try:
+            km.restart_kernel(now=True)
+            fresh = km.client()
+            fresh.start_channels()
+            try:
+                fresh.wait_for_ready(timeout=120)
+                second, _, _, _ = where(fresh)
+            finally:
+                fresh.stop_channels()
+            assert second != first
+            assert reached(km)["ip"] == multinode.address(second)
+        finally:
+            subprocess.run(["scancel", holder], timeout=30, check=False)
+    multinode.wait_for_empty_queue(15)
+
+
+@pytest.mark.usefixtures("restart_button_enabled")
+def test_a_jupyter_server_starts_the_kernel_on_node2_and_killed_with_sigkill_leaves_no_job(
+    kernels_dir, multinode, tmp_path
+):
+    """The real thing: ``jupyter server`` with the extension (the provisioner its default), the spec as install left it."""
+    done = run_cli("install", write_spec(kernels_dir, "plain", job_spec()).name)
+    assert done.returncode == 0, done.stderr
+    with jupyter_server("jupyter_server", tmp_path) as server:
+        kernel = server.api("/api/kernels", "POST", {"name": "plain"})
+        assert [j["state"] for j in multinode.jobs()] == ["RUNNING"]
+        log = server.log()
+        assert f"Kernel {kernel['id']}: the proxy listens on node2 ({multinode.address('node2')}), ports " in log
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(15)
+        print(f"queue empty {multinode.wait_for_empty_queue(15):.1f} s after the Jupyter server's SIGKILL")

@@ -16,8 +16,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from jupyter_client import BlockingKernelClient, write_connection_file
 
-from .helpers import PYTHON, wait_until
+from .helpers import PYTHON, execute, stdout_of, wait_until
 from .slurm import MultiNodeCluster, Unavailable, multinode_cluster_up, temporary_folder
 
 pytestmark = pytest.mark.slurm
@@ -33,6 +34,8 @@ connection, _ = server.accept()
 connection.sendall(socket.gethostname().encode())
 connection.close()
 """
+
+KERNEL_PORTS = range(20001, 20006)
 
 
 def run(cluster, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -80,6 +83,43 @@ def test_a_server_in_a_job_on_node2_is_reachable_from_the_test_process(multinode
             assert connection.getsockname()[0] == multinode.login_address
         assert job.wait(30) == 0, job.communicate()[1]
     finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+
+
+@pytest.mark.timeout(180)
+def test_a_kernel_in_a_job_on_node2_answers_a_client_in_the_test_process(multinode, tmp_path):
+    # Ports below the ephemeral range, where nothing on the otherwise empty node listens.
+    ports = dict(zip(("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"), KERNEL_PORTS, strict=True))
+    connection_file, _ = write_connection_file(str(tmp_path / "kernel.json"), ip=multinode.address("node2"), **ports)
+    job = subprocess.Popen(
+        [
+            "srun",
+            "-N1",
+            "-w",
+            "node2",
+            "--job-name=nbkernel",
+            PYTHON,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            connection_file,
+        ],
+        env=multinode.env,
+    )
+    client = BlockingKernelClient(connection_file=connection_file)
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=120)
+        reply, outputs = execute(client, "import socket\nprint(socket.gethostname())")
+        assert reply["content"]["status"] == "ok", reply
+        assert stdout_of(outputs) == "node2\n"
+        client.shutdown()
+        assert job.wait(60) == 0, "the kernel's shutdown ended its job"
+    finally:
+        client.stop_channels()
         if job.poll() is None:
             job.kill()
             job.wait()
@@ -135,11 +175,13 @@ def _namespaces_of(cluster: MultiNodeCluster) -> list[str]:
 
 
 @pytest.mark.timeout(180)
-def test_stopping_leaves_nothing_even_with_a_job_and_a_stray_process_running(multinode_cluster, monkeypatch):
+def test_stopping_leaves_nothing_even_with_a_job_and_a_stray_process_running(multinode):
     with multinode_cluster_up(f"{os.getpid()}t") as cluster:
-        assert cluster.prefix != multinode_cluster.prefix and cluster.net != multinode_cluster.net
+        assert cluster.prefix != multinode.prefix and cluster.net != multinode.net
         assert len(_namespaces_of(cluster)) == 4
-        job = subprocess.Popen(["srun", "-N1", "-w", "node1", "sleep", "600"], env=cluster.env)
+        job = subprocess.Popen(
+            ["srun", "-N1", "-w", "node1", "sleep", "600"], env=cluster.env, stderr=subprocess.DEVNULL
+        )
         stray = subprocess.Popen([*cluster.enter("node2"), "sleep", "600"])
         wait_until(lambda: [j["state"] for j in cluster.jobs()] == ["RUNNING"], "the job to run", 30)
         daemons = [p.pid for p in cluster.spawned.values()]
@@ -148,7 +190,7 @@ def test_stopping_leaves_nothing_even_with_a_job_and_a_stray_process_running(mul
     assert job.wait(30) != 0, "the job was cancelled"
     assert stray.wait(30) != 0, "the stray process was ended"
     assert not [pid for pid in daemons if Path(f"/proc/{pid}").exists()]
-    assert multinode_cluster.jobs() == [], "the session's cluster is another one, untouched"
+    assert run(multinode, "srun", "-N1", "-w", "node1", "hostname").stdout == "node1\n", "the session's is untouched"
 
 
 class _BrokenController(MultiNodeCluster):
