@@ -31,7 +31,7 @@ from inplace_restarter import reach
 from .e2e.conftest import jupyter_server, restart_button_enabled  # noqa: F401  (a fixture)
 from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream, wait_until
 from .slurm import installed, job_spec, reached, where
-from .spec_helpers import with_provisioner, write_spec
+from .spec_helpers import run_cli, with_provisioner, write_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
