@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import private_jupyter_dirs, running
-from .slurm import multinode, multinode_cluster, slurm, slurm_cluster  # noqa: F401  (fixtures for kernels in Slurm jobs)
+from .slurm import multinode, multinode_cluster, on_node2, slurm, slurm_cluster  # noqa: F401  (fixtures for Slurm jobs)
 from .spec_helpers import proxied, with_provisioner, write_direct_and_proxied, write_spec
 
 

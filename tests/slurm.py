@@ -28,7 +28,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .helpers import ended, free_port, kill, unavailable, wait_until
+from inplace_restarter import reach
+
+from .helpers import PYTHON, ended, execute, free_port, kill, stdout_of, unavailable, wait_until
+from .spec_helpers import load, run_cli, with_provisioner, write_spec
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("srun", "squeue", "sinfo", "scontrol", "scancel")
@@ -429,6 +432,14 @@ class MultiNodeCluster(Cluster):
         """Plug ``node``'s cable in (``up``) or pull it: it then reaches nobody and nobody reaches it."""
         self._ip("-n", self.namespaces[node], "link", "set", "eth0", "up" if up else "down")
 
+    def bridge_port(self, node: str, up: bool) -> None:
+        """Switch on (``up``) or off the bridge's port to ``node``, as a cable cut on the switch's side.
+
+        Unlike ``link``, the node's own eth0 keeps its state and routes (it only loses its carrier),
+        so its processes see nothing but silence, as on a real cluster.
+        """
+        self._ip("-n", self.bridge_ns, "link", "set", f"v-{node}", "up" if up else "down")
+
     # -- teardown ---------------------------------------------------------
 
     def stop(self) -> None:
@@ -573,3 +584,67 @@ def slurm(slurm_cluster, monkeypatch):
 def multinode(multinode_cluster, monkeypatch):
     """The multi-node cluster, as ``client_of`` hands it to a test."""
     yield from client_of(multinode_cluster, monkeypatch)
+
+
+# -- kernels on the nodes -----------------------------------------------------------------------
+
+#: What a cell on a node says: host, job id, the kernel's pid and its parent's (the proxy's).
+WHERE = "import os, socket\nprint(socket.gethostname(), os.environ['SLURM_JOB_ID'], os.getpid(), os.getppid())"
+
+
+def job_spec(*options: str) -> dict:
+    """A user's spec for an ipykernel in a Slurm job on node2, before ``install``; ``options`` go to srun."""
+    return {
+        "argv": [
+            "srun", "-N1", "-n1", "-w", "node2", "--job-name=nbkernel", *options,
+            PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+        ],
+        "display_name": "Python on node2",
+        "language": "python",
+    }  # fmt: skip
+
+
+def installed(kernels_dir, name: str, spec: dict, argv_tail: list[str] | None = None, **config) -> dict:
+    """``spec`` with the proxy put inside srun by ``install``, launched by the provisioner with ``config``.
+
+    ``argv_tail`` replaces what srun runs, to launch something that is not the proxy.
+    """
+    folder = write_spec(kernels_dir, name, spec)
+    done = run_cli("install", name)
+    assert done.returncode == 0, done.stderr
+    spec = load(folder)
+    if argv_tail is not None:
+        spec["argv"] = spec["argv"][: spec["argv"].index(PYTHON)] + argv_tail
+    write_spec(kernels_dir, name, with_provisioner(spec, **config))
+    return spec
+
+
+def offered(cluster: MultiNodeCluster) -> str:
+    """The server's addresses offered to the node: the machine's own (no route from a node) before the cluster's."""
+    return ",".join([*reach.server_ips(), cluster.login_address])
+
+
+@pytest.fixture
+def on_node2(kernels_dir, multinode):
+    """The srun spec ``job`` installed; the server offers the node its addresses, the machine's before the cluster's.
+
+    The machine's own have no route from the node, so the proxy passes them over and takes the cluster's.
+    Afterwards, the kernel shut down, the queue empties within 15 s.
+    """
+    installed(kernels_dir, "job", job_spec(), server_ip=offered(multinode))
+    yield multinode
+    multinode.wait_for_empty_queue(15)
+
+
+def where(kc) -> tuple[str, str, int, int]:
+    """The kernel's host, job id, pid and parent's pid (the proxy's)."""
+    reply, outputs = execute(kc, WHERE, timeout=60)
+    assert reply["content"]["status"] == "ok", reply
+    host, job, pid, proxy = stdout_of(outputs).split()
+    return host, job, int(pid), int(proxy)
+
+
+def reached(km) -> dict:
+    """Where the server's clients connect: ip and ports."""
+    info = km.get_connection_info()
+    return {k: info[k] for k in ("ip", *reach.PORTS)}

@@ -30,65 +30,13 @@ from inplace_restarter import reach
 
 from .e2e.conftest import jupyter_server, restart_button_enabled  # noqa: F401  (a fixture)
 from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream
-from .spec_helpers import load, run_cli, write_spec
-from .test_provisioner import with_provisioner
+from .slurm import installed, job_spec, reached, where
+from .spec_helpers import run_cli, with_provisioner, write_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
-IPYKERNEL = [PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-WHERE = "import os, socket\nprint(socket.gethostname(), os.environ['SLURM_JOB_ID'], os.getpid(), os.getppid())"
 SLEEPING = "import time\nprint('sleeping', flush=True)\ntime.sleep(600)"
-PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
-
-
-def job_spec(*options: str) -> dict:
-    return {
-        "argv": ["srun", "-N1", "-n1", "-w", "node2", "--job-name=nbkernel", *options, *IPYKERNEL],
-        "display_name": "Python on node2",
-        "language": "python",
-    }
-
-
-def installed(kernels_dir, name: str, spec: dict, argv_tail: list[str] | None = None, **config) -> dict:
-    """``spec`` with the proxy put inside srun by ``install``, launched by the provisioner with ``config``.
-
-    ``argv_tail`` replaces what srun runs, to launch something that is not the proxy.
-    """
-    folder = write_spec(kernels_dir, name, spec)
-    done = run_cli("install", name)
-    assert done.returncode == 0, done.stderr
-    spec = load(folder)
-    if argv_tail is not None:
-        spec["argv"] = spec["argv"][: spec["argv"].index(PYTHON)] + argv_tail
-    write_spec(kernels_dir, name, with_provisioner(spec, **config))
-    return spec
-
-
-@pytest.fixture
-def on_node2(kernels_dir, multinode):
-    """The srun spec ``job`` installed; the server offers the node its addresses, the machine's before the cluster's.
-
-    The machine's own have no route from the node, so the proxy passes them over and takes the cluster's.
-    Afterwards, the kernel shut down, the queue empties within 15 s.
-    """
-    offered = ",".join([*reach.server_ips(), multinode.login_address])
-    installed(kernels_dir, "job", job_spec(), server_ip=offered)
-    yield multinode
-    multinode.wait_for_empty_queue(15)
-
-
-def where(kc) -> tuple[str, str, int, int]:
-    """The kernel's host, job id, pid and parent's pid (the proxy's)."""
-    reply, outputs = execute(kc, WHERE, timeout=60)
-    assert reply["content"]["status"] == "ok", reply
-    host, job, pid, proxy = stdout_of(outputs).split()
-    return host, job, int(pid), int(proxy)
-
-
-def reached(km) -> dict:
-    """Where the server's clients connect: ip and ports."""
-    info = km.get_connection_info()
-    return {k: info[k] for k in ("ip", *PORTS)}
+PORTS = reach.PORTS
 
 
 def failed_start(name: str) -> tuple[str, float]:
