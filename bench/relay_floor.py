@@ -1,6 +1,6 @@
 """The relay floor: a kernel's five channels relayed by zmq's C proxy, no Python on the message path.
 
-    python bench/relay_floor.py INNER_CONNECTION_FILE OUTER_CONNECTION_FILE
+    python bench/relay_floor.py INNER_CONNECTION_FILE OUTER_CONNECTION_FILE [--python]
 
 Binds the ports of OUTER and relays each channel to the kernel at INNER with
 ``zmq.proxy``, one thread per channel, so a message crosses this process in
@@ -15,6 +15,11 @@ costs on the machine.
   the ROUTER routes the reply by it. The inner DEALERs share one identity, so
   the kernel's stdin ROUTER finds the relay under the identity its shell saw;
 - heartbeat: ROUTER (outer) / DEALER (inner) as well: the kernel echoes the ping.
+
+With ``--python`` the frames cross Python instead: one thread polls all ten
+sockets and passes each message on as it came (pyzmq's recv and send, no
+parsing): the floor of any relay written in Python, the proxy's language
+(``bench/run.py --floor-python``).
 
 It exits on SIGTERM or SIGINT, or when its parent is gone.
 """
@@ -70,6 +75,26 @@ def relay(front: zmq.Socket, back: zmq.Socket) -> None:
         back.close()
 
 
+def relay_in_python(pairs: list[tuple[zmq.Socket, zmq.Socket]]) -> None:
+    """Pass every message between each pair's two sockets, in one Python thread, until the context ends."""
+    poller = zmq.Poller()
+    partner = {}
+    for front, back in pairs:
+        partner[front], partner[back] = back, front
+        poller.register(front, zmq.POLLIN)
+        poller.register(back, zmq.POLLIN)
+    try:
+        while True:
+            for socket, _ in poller.poll():
+                while socket.poll(0):
+                    partner[socket].send_multipart(socket.recv_multipart(copy=False), copy=False)
+    except zmq.ContextTerminated:
+        pass
+    finally:
+        for socket in partner:
+            socket.close()
+
+
 def wait_for_the_end() -> None:
     """Return on SIGTERM or SIGINT, or once the parent process is gone (we are reparented)."""
     parent = os.getppid()
@@ -81,14 +106,18 @@ def wait_for_the_end() -> None:
 
 
 def main(argv: list[str]) -> int:
+    in_python = "--python" in argv
+    argv = [arg for arg in argv if arg != "--python"]
     if len(argv) != 2:
         print(__doc__.split("\n\n")[1].strip(), file=sys.stderr)
         return 2
     inner, outer = (json.loads(Path(path).read_text()) for path in argv)
     context = zmq.Context()
-    for channel in CHANNELS:
-        pair = sockets(context, inner, outer, channel)
-        threading.Thread(target=relay, args=pair, name=channel, daemon=True).start()
+    pairs = [sockets(context, inner, outer, channel) for channel in CHANNELS]
+    if in_python:
+        threading.Thread(target=relay_in_python, args=(pairs,), name="relay", daemon=True).start()
+    for pair in [] if in_python else pairs:
+        threading.Thread(target=relay, args=pair, daemon=True).start()
     wait_for_the_end()
     context.term()  # each proxy raises ContextTerminated and closes its sockets
     return 0

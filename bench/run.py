@@ -46,6 +46,8 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 RELAY_FLOOR = Path(__file__).resolve().parent / "relay_floor.py"
+#: relay_floor.py's options (--floor-python adds --python)
+FLOOR_OPTIONS: list[str] = []
 IPYKERNEL_ARGV = [PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 MiB = 1024 * 1024
 
@@ -261,7 +263,7 @@ def start_floor() -> Floor:
         # both connection files are in the temporary folder: leftovers() finds the forwarder by its command line
         out = KERNEL_LOG["file"]
         relay = subprocess.Popen(
-            [PYTHON, str(RELAY_FLOOR), inner.km.connection_file, str(outer)],
+            [PYTHON, str(RELAY_FLOOR), inner.km.connection_file, str(outer), *FLOOR_OPTIONS],
             stdout=out,
             stderr=out,
             cwd=KERNEL_LOG["cwd"],
@@ -932,6 +934,11 @@ def parse(argv=None):
         help="leave out the relay floor (a forwarder on zmq's C proxy) from roundtrip, comms and buffer",
     )
     p.add_argument(
+        "--floor-python",
+        action="store_true",
+        help="relay the floor's messages in one Python thread instead of zmq's C proxy: the floor of a Python relay",
+    )
+    p.add_argument(
         "--proxy-path", default=str(REPO), help="folder put first on PYTHONPATH for the proxy (default: this repo)"
     )
     p.add_argument("--kernel-log", help="append the kernels' stdout and stderr to this file (default: discarded)")
@@ -982,6 +989,8 @@ def main(argv=None) -> int:
         log(f"temporary Jupyter folders in {root}; proxy from {args.proxy_path}")
         if {"roundtrip", "throughput", "comms", "buffer", "memory"} & args.only:
             direct, proxied = start("direct"), start("proxied")
+            if args.floor_python:
+                FLOOR_OPTIONS.append("--python")
             floor = None if args.no_floor or not FLOORED & args.only else start_floor()
             kernels = [k for k in (direct, proxied, floor) if k is not None]
             for k in kernels:

@@ -26,6 +26,21 @@ def send_frames(socket: zmq.Socket, frames: list, copy: bool = True) -> None:
     socket.send(frames[-1], 0, copy=copy)
 
 
+def recv_frames(socket: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
+    """``socket.recv_multipart(flags, copy=False)``, asking each frame whether more follow.
+
+    pyzmq asks the socket (``getsockopt(RCVMORE)``, through its option
+    enum) after every frame: 5-6 us of a 7-frame message's 15 us on this
+    machine (timeit, 20000 messages over inproc, interleaved with and without).
+    """
+    frame = socket.recv(flags, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = socket.recv(flags, copy=False)
+        frames.append(frame)
+    return frames
+
+
 def delimiter(frames: list) -> int:
     """The index of the frame that ends the identities (or topic) of a raw message."""
     for index, frame in enumerate(frames):
@@ -72,7 +87,9 @@ def spend(session: Session, signature: bytes) -> None:
     """Record a request's signature against replays, as reading its content does; ValueError if spent already."""
     if signature in session.digest_history:
         raise ValueError(f"Duplicate Signature: {signature!r}")
-    session._add_digest(signature)
+    from .kernelbase import add_digest
+
+    add_digest(session, signature)
 
 
 def read(session: Session, frames: list, content: bool) -> dict:
@@ -80,7 +97,7 @@ def read(session: Session, frames: list, content: bool) -> dict:
 
     The same checks (signed, not a replay, well formed, with a msg_id and
     msg_type), and the signature recorded against replays when the content
-    is read, with jupyter_client's own (private, 8.10) ``_add_digest``.  But
+    is read (kernelbase.add_digest).  But
     no date parsing, 17% of the proxy's main thread per request in a py-spy
     profile of 3000 cells (proxy CPU per cell 1567 -> 1433 us, 16 interleaved
     rounds of 300 cells), and no ``adapt`` to an older protocol version: the

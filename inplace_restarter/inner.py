@@ -35,7 +35,7 @@ from traitlets import Float, Instance
 from traitlets.config import LoggingConfigurable
 
 from . import kernelspec, launchers
-from .launchers import LAUNCHER_GRACE
+from .launchers import LAUNCHER_GRACE, signal_leader, stop_launcher
 from .relay import InnerKernelDied, Pending, Relay
 
 if t.TYPE_CHECKING:
@@ -176,27 +176,6 @@ def kill_group(pid: int | None, pgid: int | None) -> None:
         pass
 
 
-def signal_leader(process, signum: int) -> None:
-    try:
-        process.send_signal(signum)
-    except (ProcessLookupError, OSError):
-        pass
-
-
-def stop_launcher(process, grace: float = LAUNCHER_GRACE) -> None:
-    """End a launcher the way that makes it end its job: SIGTERM to it alone, SIGKILL after ``grace``.
-
-    Killing srun's whole process group leaves the job running with nothing
-    attached; its leader, told to stop, cancels the step and ends the job.
-    Blocks up to ``grace``: for exit paths, which have no loop to wait on.
-    """
-    signal_leader(process, signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        signal_leader(process, signal.SIGKILL)
-
-
 def kill_if_running(manager: AsyncKernelManager) -> None:
     """At exit: a prelaunched kernel the proxy did not take over (it failed first) goes too."""
     process = getattr(manager.provisioner, "process", None)
@@ -302,10 +281,6 @@ class InnerKernel(LoggingConfigurable):
         self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
         self.pid: int | None = None
         self._pgid: int | None = None
-        #: why the proxy stopped this kernel on purpose, for the request it cut short
-        self.stop_reason: str | None = None
-        #: the restart that follows this kernel's unexpected death, once begun
-        self.rescue: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Launch the kernel and return once it answers and iopub is connected."""
@@ -363,8 +338,7 @@ class InnerKernel(LoggingConfigurable):
         """Ask the kernel to shut down, kill it after the grace period, clean up."""
         if not self.exited.done() and self.relay is not None:
             self._yield_cpu()
-            msg = self.manager.session.msg("shutdown_request", {"restart": False})
-            self.relay.send(msg, [], channel="control")
+            self.relay.ask("shutdown_request", {"restart": False}, channel="control")
             try:
                 await asyncio.wait_for(asyncio.shield(self.exited), self.shutdown_grace)
             except TimeoutError:
@@ -372,14 +346,9 @@ class InnerKernel(LoggingConfigurable):
         if not self.launcher:
             self.kill()
         elif self._process is not None and not self.exited.done():
-            signal_leader(self._process, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.shield(self.exited), self.launcher_grace)
-            except TimeoutError:
-                self.log.warning(
-                    "Launcher %s still running %g s after SIGTERM; killing it", self.pid, self.launcher_grace
-                )
-                signal_leader(self._process, signal.SIGKILL)
+            await asyncio.get_running_loop().run_in_executor(
+                None, stop_launcher, self._process, self.launcher_grace, self.log
+            )
         try:
             await asyncio.wait_for(asyncio.shield(self.exited), 5)
         except TimeoutError:
@@ -409,7 +378,7 @@ class InnerKernel(LoggingConfigurable):
         if not self.launcher:
             kill_group(self.pid, self._pgid)
         elif self._process is not None:
-            stop_launcher(self._process, 0 if self.exited.done() else self.launcher_grace)
+            stop_launcher(self._process, self.launcher_grace, self.log)
 
     @classmethod
     def kill_all(cls) -> None:

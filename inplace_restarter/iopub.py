@@ -21,7 +21,7 @@ import typing as t
 import zmq
 from jupyter_client.session import Session
 
-from .frames import send_frames
+from .frames import recv_frames, send_frames
 
 #: first frame of a command to the thread, on the pipe of the proxy's own messages
 _COMMAND = b"\x00inplace-restarter"
@@ -120,7 +120,7 @@ class IOPubRelay:
                 source = watched[sub]
                 for _ in range(_BATCH):
                     try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = recv_frames(sub, zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     if self._pipe.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -143,7 +143,7 @@ class IOPubRelay:
         """Send the proxy's own messages and carry out commands; False once told to stop."""
         while True:
             try:
-                frames = self._pipe.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self._pipe, zmq.NOBLOCK)
             except zmq.Again:
                 return True
             if frames[0].bytes != _COMMAND:

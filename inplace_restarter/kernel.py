@@ -1,14 +1,22 @@
-"""The kernel the client talks to: a wrapper kernel that forwards to the inner kernel.
+"""The kernel the client talks to: a wrapper kernel that relays to the inner kernel.
 
 ipykernel's ``Kernel`` base (through kernelbase.WrapperKernelBase) does what
 any kernel does for the client: the order of requests, aborting after a
-failed cell, replies, the control thread.  Requests the inner kernel can
-answer are forwarded as the client sent them, and for most of them the client
-gets the inner kernel's own busy and idle.  The proxy answers itself:
-``%restart`` (:meth:`ProxyKernel._restart_cell`; Jupyter's own restart in
-:meth:`ProxyKernel.shutdown_request`), ``kernel_info`` (the inner kernel's,
-kept), interrupts (by the inner kernel's interrupt mode, with the rescue of a
-hung kernel) and shutdown.
+failed cell, replies, the control thread.  :meth:`ProxyKernel.shell_main`
+reads each shell message once and decides once:
+
+- the proxy's own (kernel_info, interrupt, shutdown, what it cannot read),
+  ``%restart`` cells (:meth:`ProxyKernel._restart_cell`, which calls
+  restart.InPlaceRestarter) and cells a failed cell aborts take ipykernel's
+  dispatch, with the proxy's busy and idle;
+- everything else, of the main shell or a subshell, comm messages included,
+  goes through :meth:`ProxyKernel._forward` to Relay.forward, and the client
+  gets the inner kernel's own busy and idle, reply and output as it sent them;
+  with no inner kernel to answer, the proxy answers (:meth:`ProxyKernel._answer_dead`).
+
+Jupyter's own restart arrives as a shutdown_request on control
+(:meth:`ProxyKernel.shutdown_request`); debug, usage and subshell requests on
+control are forwarded by :meth:`ProxyKernel._relay_control`.
 """
 
 from __future__ import annotations
@@ -18,11 +26,9 @@ import atexit
 import os
 import shlex
 import signal
-import time
 import typing as t
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpec
@@ -35,6 +41,9 @@ from .kernelbase import WrapperKernelBase
 from .provisioner import ENV_NAME, REPLY_KEY
 from .relay import InnerKernelDied, Pending
 from .rescue import RescuePolicy, Rescuer
+from .restart import InPlaceRestarter
+from .subshells import CONTROL_TYPES as SUBSHELL_CONTROL
+from .subshells import SUBSHELLS, Subshells, has_subshells
 
 RESTART_HELP = """\
 %restart [--cold] [--help]
@@ -50,11 +59,10 @@ spare at once; --cold starts a new kernel instead, e.g. after a pip install.
 """
 
 #: kernel_info supported_features that work through the proxy.
-SUBSHELLS = "kernel subshells"
 FORWARDED_FEATURES = ("debugger", SUBSHELLS)
 COMM_MSG_TYPES = ("comm_open", "comm_msg", "comm_close")
-#: shell requests the inner kernel answers alone, its own busy and idle included
-STATUS_RELAYED = frozenset(
+#: shell messages the inner kernel answers, relayed with its own busy and idle
+RELAYED = frozenset(
     {
         "execute_request",
         "complete_request",
@@ -100,8 +108,6 @@ def parse_restart(code: str) -> RestartCell | None:
 class ProxyKernel(WrapperKernelBase):
     """Stands in for the inner kernel; see the module docstring."""
 
-    msg_types = [*WrapperKernelBase.msg_types, *COMM_MSG_TYPES]
-
     inner_spec = Instance(KernelSpec, help="The spec of the kernel behind the proxy.")
 
     standby = Bool(
@@ -123,39 +129,15 @@ class ProxyKernel(WrapperKernelBase):
             parent=self,
             log=self.log,
         )
+        self.subshells = Subshells(self.log)
+        self.restarter = InPlaceRestarter(self.kernels, self.subshells, self._publish, self.log)
+        self.restarter.add_callback(self._serve)
+        self.rescuer = Rescuer(RescuePolicy(parent=self), self.restarter, self.log)
+        #: the serving inner kernel's kernel_info, kept through a restart (the same argv gives the same info)
         self._inner_info: dict = {}
-        #: set while an inner kernel serves; requests wait on it through a restart
-        self.ready = asyncio.Event()
+        #: the inner kernel's metadata of the reply to the code after %restart, for finish_metadata
         self._reply_metadata: ContextVar[dict] = ContextVar("reply_metadata")
-        #: the execute request being forwarded, if any
-        self.running_cell: dict | None = None
-        #: a restart in place asked for by Jupyter's own restart (see shutdown_request)
-        self._restarting: asyncio.Task | None = None
-        self.rescuer = Rescuer(
-            RescuePolicy(parent=self),
-            self.kernels,
-            self.ready,
-            restart=self.restart_in_place,
-            tell=lambda text, cell: self.write_stream(text, cell, "stderr"),
-            running_cell=lambda: self.running_cell,
-            log=self.log,
-        )
-        #: shell requests whose busy and idle are the inner kernel's, and whether
-        #: each has been forwarded yet (see _leaves_status)
-        self._status_relayed: dict[str, bool] = {}
-        #: the client's subshell ids -> the current inner kernel's (see _carry_subshells)
-        self.subshells: dict[str, str] = {}
         atexit.register(self.cleanup)
-
-    @property
-    def inner(self) -> InnerKernel | None:
-        """The inner kernel serving the client, if any."""
-        return self.kernels.current
-
-    @property
-    def stopping(self) -> bool:
-        """Shutting down: a kernel that exits now is not rescued."""
-        return self.kernels.stopping
 
     def adopt(self, manager, runtime_dir: Path) -> None:
         """Take over an inner kernel launched before the proxy was ready (see inner.prelaunch)."""
@@ -174,30 +156,23 @@ class ProxyKernel(WrapperKernelBase):
 
     async def _start_inner(self) -> None:
         try:
-            inner = await self.kernels.start()
+            await self.restarter.start()
         except Exception as e:
             self.log.critical("The inner kernel did not start: %s", e)
             self.io_loop.stop()
-            return
-        self._use(inner)
 
-    def _use(self, inner: InnerKernel) -> None:
-        """Serve the client with ``inner``, under its session id.
+    def _serve(self, inner: InnerKernel) -> None:
+        """A new inner kernel serves the client (see InPlaceRestarter.use): its info, session id and counts.
 
         The relay passes the kernel's output on as it was signed, so the
         proxy's own messages (status, replies) take on the same session id:
         JupyterLab drops what it is still handling of any session but the
         newest message's, as after any kernel restart.
         """
-        self.kernels.use(inner)
-        # Kept apart from self.inner, which a restart empties while the control
-        # thread may be answering kernel_info.
         self._inner_info = inner.kernel_info
         if inner.session_id.isascii():
             self.session.session = inner.session_id
-        self.ready.set()
-        self._loop.create_task(self.rescuer.watch(inner))
-        self.log.info("Inner kernel %s is ready", inner.pid)
+        self.execution_count = 0
 
     def _terminate(self) -> None:
         """SIGTERM: take the inner kernel down with us, at once."""
@@ -218,26 +193,13 @@ class ProxyKernel(WrapperKernelBase):
         if not (parent["content"].get("restart") and os.environ.get(ENV_NAME) == "1"):
             await super().shutdown_request(stream, ident, parent)
             return
-        await self._on_main(self._restart_on_request())
+        await self._on_main(self.restarter.restart_soon())
         content = {"status": "ok", "restart": True, REPLY_KEY: True}
         self.session.send(stream, "shutdown_reply", content, parent, ident=ident)
-
-    async def _restart_on_request(self) -> None:
-        """Begin a restart in place, after one under way; requests from now on wait for the new kernel."""
-        await self.ready.wait()
-        self.ready.clear()
-        self._restarting = self._loop.create_task(self.restart_in_place(None))
-        self._restarting.add_done_callback(self._restarted_on_request)
-
-    def _restarted_on_request(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("The kernel did not restart: %s", task.exception())
 
     async def do_shutdown(self, restart: bool) -> dict:
         await self._on_main(self.kernels.shutdown())
         return {"status": "ok", "restart": restart}
-
-    # -- forwarding ---------------------------------------------------------
 
     async def _on_main(self, coro: t.Awaitable) -> t.Any:
         """Run ``coro`` on the main loop, where the inner kernel's sockets live.
@@ -248,115 +210,223 @@ class ProxyKernel(WrapperKernelBase):
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
-    async def _forward(self, channel: str = "shell", **options: t.Any) -> dict:
-        """Forward the current request of ``channel`` and return the reply content.
+    # -- the shell: each message read once, decided once --------------------------
 
-        With ``wait_idle=False`` the reply goes back to the client while the
-        inner kernel still flushes its output; :meth:`execute_request` then
-        waits for that before the proxy's idle.
+    async def shell_main(self, subshell_id: str | None, msg: list) -> None:
+        """Decide once what a shell message needs, in the order a kernel keeps.
+
+        The proxy's own (kernel_info, interrupt, shutdown, what it cannot
+        read) take ipykernel's dispatch, in turn; an interrupt at once, as
+        some clients send it on shell while a cell runs.  A subshell's
+        requests are relayed as they come (the inner kernel orders them),
+        and so are comm messages while a cell runs, as a kernel takes them
+        then; every other request is relayed in its turn (:meth:`_relay`).
         """
-        parent = self.get_parent(channel)
-        ident = self.parent_ident(channel)
-        reply = await self._on_main(self._request(parent, ident, channel, **options))
-        self._reply_metadata.set(reply["metadata"])
-        return reply["content"]
+        routed = self._routable(msg)
+        if routed is None:
+            return
+        request = routed[2]
+        header = request["header"]
+        msg_type = header["msg_type"]
+        if header.get("subshell_id") is not None:
+            await self._relay(msg, *routed)
+        elif msg_type not in RELAYED:
+            if msg_type == "interrupt_request" and self.main_shell.locked():
+                await self.dispatch(msg, concurrent=True)
+                return
+            async with self.main_shell:
+                await self.dispatch(msg)
+        elif msg_type in COMM_MSG_TYPES and self.rescuer.running_cell is not None:
+            await self._relay(msg, *routed)
+        else:
+            async with self.main_shell:
+                await self._relay(msg, *routed)
 
-    async def _request(self, parent: dict, ident: list, channel: str, wait_idle: bool = True, **options: t.Any) -> dict:
-        """Forward ``parent`` to the inner kernel; its reply message, or an error reply of the proxy's.
+    def _routable(self, msg: list) -> tuple[list, list, dict] | None:
+        """A shell message's identities, frames and header-read message; None (logged) if ipykernel refuses it.
 
-        ``wait_idle`` waits for the request's output to be relayed, before the
-        proxy's own idle; ``options`` go to Relay.send.
+        ipykernel 7's shell channel thread reads each message's header, and a
+        comm_msg's or comm_close's content, to route it; a message it cannot
+        read that way is dropped without a status.  The content stays packed.
         """
-        await self.ready.wait()
-        relayed = parent["header"]["msg_id"] in self._status_relayed
-        if self.inner is None or self.inner.relay is None:
-            self._take_status_back(parent, busy_relayed=False)
-            return self._error_reply(parent, "DeadKernelError", "The kernel is not running; run %restart to start it")
-        inner = self.inner
-        if relayed:
-            self._status_relayed[parent["header"]["msg_id"]] = True
-        pending = inner.relay.send(parent, ident, channel, relay_status=relayed, **options)
         try:
-            return await inner.relay.request(parent, ident, channel, wait_idle=wait_idle and not relayed)
+            idents, frames = self.session.feed_identities(msg, copy=False)
+            request = read(self.session, frames, content=False)
+            if request["header"]["msg_type"] in ("comm_msg", "comm_close"):
+                self.session.unpack(request["content"]).get("comm_id")
+        except Exception:
+            self.log.error("Invalid message", exc_info=True)
+            return None
+        return idents, frames, request
+
+    async def _relay(self, msg: list, idents: list, frames: list, request: dict) -> None:
+        """A request the inner kernel answers: a ``%restart`` cell, an aborted one and a malformed one excepted.
+
+        A request of the main shell that ipykernel refuses before replying
+        (its content not an object; a cell without code, or with metadata
+        that is not an object) takes ipykernel's dispatch, which refuses it
+        as the inner kernel would, as do ``%restart`` cells
+        (:meth:`do_execute`) and cells a failed cell aborts.  A subshell's
+        requests all go to the inner kernel, which orders them.  A cell after
+        the inner kernel died while idle shows the notice first, under the
+        proxy's own status.
+        """
+        header = request["header"]
+        msg_type, on_subshell = header["msg_type"], header.get("subshell_id") is not None
+        try:
+            content = self.session.unpack(request["content"])
+        except Exception:
+            content = None
+        execute = msg_type == "execute_request"
+        # ipykernel 7.4 reads a cell's metadata before it replies, and no other request's.
+        readable = isinstance(content, dict) and (not execute or isinstance(request["metadata"], dict))
+        code = content.get("code") if readable and execute else None
+        cell = parse_restart(code) if isinstance(code, str) else None
+        if not on_subshell and (
+            not readable or cell is not None or (execute and ("code" not in content or self.aborts(msg)))
+        ):
+            await self.dispatch(msg)
+            return
+        if self.session.auth is not None:
+            try:
+                # Checked when the message came; a replay since is refused now, as ipykernel does.
+                spend(self.session, frames[0].bytes)
+            except ValueError:
+                self.log.error("Invalid Message", exc_info=True)
+                return
+        parent = {**request, "content": content}
+        if cell is not None:
+            usage = "%restart restarts the whole kernel: run it in the notebook, not in a subshell"
+            self.publish_status("busy", parent)
+            self._tell(f"UsageError: {usage}\n", parent, "stderr")
+            error = {"status": "error", "ename": "UsageError", "evalue": usage, "traceback": []}
+            self._reply(parent, idents, {**error, "execution_count": self.execution_count})
+            self.publish_status("idle", parent)
+            return
+        notice = self.rescuer.take_notice() if execute and not on_subshell else None
+        if notice is None:
+            await self._forward(parent, idents, frames)
+            return
+        self.publish_status("busy", parent)
+        self._tell(notice, parent, "stderr")
+        await self._forward(parent, idents, own_status=True)
+        self.publish_status("idle", parent)
+
+    async def _forward(
+        self,
+        parent: dict,
+        idents: list,
+        frames: list | None = None,
+        *,
+        own_status: bool = False,
+        answer: bool = True,
+        **options: t.Any,
+    ) -> dict:
+        """Forward the client's request to the inner kernel: the one way every request it answers takes.
+
+        Returns the reply message.  ``frames`` (from the signature on) are
+        sent as the client signed them.  With ``answer`` the reply goes to
+        the client as the inner kernel sent it; without, the caller answers
+        (ipykernel's dispatch of a ``%restart`` cell, a control request).
+        The request's busy and idle are the inner kernel's unless
+        ``own_status``: then the caller sends the proxy's own, and this
+        returns only once the request's output has been relayed, so that
+        the proxy's idle comes last.  ``options`` go to Relay.forward.
+        """
+        await self.restarter.ready.wait()
+        inner = self.kernels.current
+        if inner is None or inner.relay is None:
+            reason = "The kernel is not running; run %restart to start it"
+            return self._answer_dead(parent, idents, reason, own_status, False, answer)
+        relay = inner.relay
+        header = parent["header"]
+        msg_type, subshell_id = header["msg_type"], header.get("subshell_id")
+        if msg_type in COMM_MSG_TYPES:
+            relay.track_client_comm(parent)
+        if subshell_id is not None:
+            options["subshell_id"] = self.subshells.inner_id(subshell_id)
+        pending = relay.forward(parent, idents, frames, relay_status=not own_status, **options)
+        if not pending.has_reply:
+            return {}
+        cell = msg_type == "execute_request" and subshell_id is None
+        if cell:
+            self.rescuer.running_cell = parent
+        try:
+            reply = await relay.reply(pending, wait_idle=own_status)
         except InnerKernelDied as died:
-            self._take_status_back(parent, pending.busy_relayed)
-            return await self._after_death(parent, inner, died)
+            reason = await self.rescuer.after_death(inner, str(died), parent if cell else None)
+            return self._answer_dead(parent, idents, reason, own_status, pending.busy_relayed, answer)
+        finally:
+            if cell:
+                self.rescuer.running_cell = None
+        if msg_type == "execute_request":
+            # The one place the count is kept: the inner kernel's.
+            self.execution_count = reply["content"].get("execution_count", self.execution_count)
+        if not answer:
+            return reply
+        send_frames(self.shell_stream.socket, [*idents, *pending.reply_frames], copy=False)
+        if cell and reply["content"].get("status") == "error":
+            content = parent["content"]
+            if not content.get("silent") and content.get("stop_on_error", True):
+                # As a kernel does: abort what was sent before the failure's reply; the inner
+                # kernel aborts what reaches it until its idle, so the next request waits for that.
+                self.abort_queued()
+                try:
+                    await relay.settle(header["msg_id"])
+                except InnerKernelDied:
+                    pass
+        return reply
 
-    async def _after_death(self, parent: dict, inner: InnerKernel, died: InnerKernelDied) -> dict:
-        """The inner kernel died before answering ``parent``: rescue it; the error reply of the proxy's."""
-        cell = parent if parent["header"]["msg_type"] == "execute_request" else None
-        reason = await self.rescuer.after_death(inner, str(died), cell)
-        return self._error_reply(parent, "DeadKernelError", reason)
+    def _answer_dead(
+        self, parent: dict, idents: list, reason: str, own_status: bool, busy_relayed: bool, answer: bool
+    ) -> dict:
+        """The proxy's answer to a request no inner kernel will answer (none runs, or it died on it).
 
-    def _error_reply(self, parent: dict, ename: str, evalue: str) -> dict:
-        """A reply (and, for execute, the iopub error) for a failure of the proxy's own."""
+        The proxy ends what the inner kernel would have: the busy, if its own
+        did not reach the client, the error, the reply and the idle.  A
+        comm_open is closed again, as a kernel closes one for a target it
+        does not have, so the client does not wait on it.
+        """
+        msg_type = parent["header"]["msg_type"]
+        if not own_status and not busy_relayed:
+            self.publish_status("busy", parent)
+        if msg_type in COMM_MSG_TYPES:
+            self.log.warning("Dropped a %s: %s", msg_type, reason)
+            comm_id = parent["content"].get("comm_id") if isinstance(parent["content"], dict) else None
+            if msg_type == "comm_open" and isinstance(comm_id, str):
+                self._publish("comm_close", {"comm_id": comm_id, "data": {}}, parent)
+            content = {}
+        else:
+            content = self._error(parent, "DeadKernelError", reason)
+            if answer:
+                self._reply(parent, idents, content)
+        if not own_status:
+            self.publish_status("idle", parent)
+        return {"header": {"msg_type": msg_type.replace("_request", "_reply")}, "content": content, "metadata": {}}
+
+    def _error(self, parent: dict, ename: str, evalue: str) -> dict:
+        """The reply content (and, for a cell, the iopub error) of a failure of the proxy's own."""
         content = {"status": "error", "ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
         if parent["header"]["msg_type"] == "execute_request":
-            self.session.send(self.iopub_socket, "error", content, parent, ident=self.topic("error"))
-            content["execution_count"] = self.execution_count
+            self._publish("error", content, parent)
+            content = {**content, "execution_count": self.execution_count}
+        return content
+
+    def _reply(self, parent: dict, idents: list, content: dict) -> None:
+        """A shell reply of the proxy's own."""
         reply_type = parent["header"]["msg_type"].replace("_request", "_reply")
-        return {"header": {"msg_type": reply_type}, "content": content, "metadata": {}}
+        self.session.send(self.shell_stream, reply_type, content, parent, idents)
 
-    # -- status: the inner kernel's own, for what it answers ----------------------
+    def _publish(self, msg_type: str, content: dict, parent: dict) -> None:
+        """A message of the proxy's own on the client's iopub."""
+        topic = f"stream.{content['name']}".encode() if msg_type == "stream" else self.topic(msg_type)
+        self.session.send(self.iopub_socket, msg_type, content, parent, ident=topic)
 
-    def _leaves_status(self, status: str, channel: str, parent: dict) -> bool:
-        """Leave the busy and idle of a request the inner kernel answers to the inner kernel.
+    def _tell(self, text: str, parent: dict, name: str = "stdout") -> None:
+        """Write into the output of request ``parent``, as the kernel's stdout or stderr."""
+        self._publish("stream", {"name": name, "text": text}, parent)
 
-        Its own status reaches the client from the iopub relay's thread in
-        order with the output it frames, so the proxy neither publishes one
-        nor waits for the kernel's idle before taking the next request.
-        """
-        if channel != "shell" or status not in ("busy", "idle"):
-            return False
-        msg_id = parent["header"]["msg_id"]
-        if status == "busy" and self._inner_answers(parent):
-            self._status_relayed[msg_id] = False
-            return True
-        if status == "idle" and msg_id in self._status_relayed:
-            if self._status_relayed.pop(msg_id):
-                return True
-            # Refused before it reached the inner kernel (a malformed
-            # request): the client still gets the busy and idle it would.
-            self.publish_own_status("busy", parent)
-        return False
-
-    def _inner_answers(self, parent: dict) -> bool:
-        """Whether the inner kernel alone answers shell request ``parent``, status and all."""
-        msg_type = parent["header"]["msg_type"]
-        if msg_type not in STATUS_RELAYED or self.aborting or not self.ready.is_set() or self.inner is None:
-            return False
-        if msg_type != "execute_request":
-            return True
-        content = parent["content"]
-        code = content.get("code") if isinstance(content, dict) else None
-        return isinstance(code, str) and parse_restart(code) is None and not self.rescuer.has_notice
-
-    def _take_status_back(self, parent: dict, busy_relayed: bool) -> None:
-        """The inner kernel will not end request ``parent`` (it died): the proxy's idle will."""
-        msg_id = parent["header"]["msg_id"]
-        if self._status_relayed.pop(msg_id, None) is not None and not busy_relayed:
-            self.publish_own_status("busy", parent)
-
-    # -- requests -------------------------------------------------------------
-
-    async def execute_request(self, stream, ident, parent) -> None:
-        """Reply as soon as the inner kernel has; take the next request once its output is out.
-
-        The output of a request whose status is the inner kernel's needs no
-        wait, except after a failed cell: the inner kernel aborts what
-        reaches it until its idle, and the proxy has aborted the requests
-        sent before the failure itself, so the next one waits for that idle.
-        """
-        failures = self.failures
-        await super().execute_request(stream, ident, parent)
-        if parent["header"]["msg_id"] in self._status_relayed and self.failures == failures:
-            return
-        # A request still pending is the current relay's; after a restart it is gone.
-        if self.inner is not None and self.inner.relay is not None:
-            try:
-                await self.inner.relay.settle(parent["header"]["msg_id"])
-            except InnerKernelDied:
-                pass
+    # -- %restart -------------------------------------------------------------
 
     def init_metadata(self, parent: dict) -> dict:
         return {}
@@ -372,92 +442,59 @@ class ProxyKernel(WrapperKernelBase):
         user_expressions: dict | None = None,
         allow_stdin: bool = False,
     ) -> dict:
-        notice = self.rescuer.take_notice()
-        if notice:
-            self.write_stream(notice, self.get_parent("shell"), "stderr")
-        restart = parse_restart(code) if isinstance(code, str) else None
-        if restart is not None:
-            return await self._restart_cell(code, silent, restart)
-        self.running_cell = self.get_parent("shell")
+        """A cell ipykernel dispatches: a ``%restart`` cell (see _relay), or a cell sent on control."""
+        parent = self.get_parent("shell")
+        cell = parse_restart(code) if isinstance(code, str) else None
+        if cell is not None:
+            return await self._restart_cell(parent, silent, cell)
+        reply = await self._forward(parent, self.parent_ident("shell"), own_status=True, answer=False)
+        self._reply_metadata.set(reply["metadata"])
+        return reply["content"]
+
+    async def _restart_cell(self, parent: dict, silent: bool, cell: RestartCell) -> dict:
+        """Where ``%restart`` is handled: options, then the restart (restart.InPlaceRestarter), then the rest."""
+        # A count of its own, not 0: JupyterLab leaves a cell whose reply
+        # counts 0 showing [*] as if it still ran. The next cell is [1].
+        count = self.execution_count
+        if cell.options in (["--help"], ["-h"]):
+            self._tell(RESTART_HELP, parent)
+            return self._ok(count)
+        usage = cell.error
+        if usage is None and cell.options not in ([], ["--cold"]):
+            usage = f"%restart takes no option {' '.join(cell.options)!r}; see %restart --help"
+        if usage is not None:
+            # As IPython shows a UsageError: one line on stderr, no traceback.
+            self._tell(f"UsageError: {usage}\n", parent, "stderr")
+            return {
+                "status": "error",
+                "ename": "UsageError",
+                "evalue": usage,
+                "traceback": [],
+                "execution_count": count,
+            }
         try:
-            reply = await self._forward(wait_idle=False)
-        finally:
-            self.running_cell = None
-        self.execution_count = reply.get("execution_count", self.execution_count)
-        return reply
-
-    async def do_complete(self, code: str, cursor_pos: int) -> dict:
-        return await self._forward()
-
-    async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections=()) -> dict:
-        return await self._forward()
-
-    async def do_is_complete(self, code: str) -> dict:
-        return await self._forward()
-
-    async def do_history(self, *args: t.Any, **kwargs: t.Any) -> dict:
-        return await self._forward()
-
-    async def do_debug_request(self, msg: dict) -> dict:
-        return await self._forward("control")
-
-    async def comm_info_request(self, stream, ident, parent) -> None:
-        await self._relay_reply(stream, ident, parent, "shell")
-
-    async def usage_request(self, stream, ident, parent) -> None:
-        await self._relay_reply(stream, ident, parent, "control")
-
-    async def _relay_reply(self, stream, ident, parent, channel: str) -> None:
-        """Forward a request that has no ``do_*`` hook and send back the reply as it is."""
-        reply = await self._on_main(self._request(parent, ident, channel))
-        self.session.send(
-            stream, reply["header"]["msg_type"], reply["content"], parent, ident, metadata=reply["metadata"]
+            await self._on_main(self.restarter.restart(parent, cold=cell.options == ["--cold"]))
+        except Exception as e:
+            return self._error(parent, "RestartError", f"The kernel did not restart: {e}")
+        if not cell.rest.strip():
+            return self._ok(count)
+        # The lines after %restart run in the new kernel, as part of the same cell.
+        rest = {**parent["content"], "code": cell.rest}
+        reply = await self._forward(
+            parent, self.parent_ident("shell"), own_status=True, answer=False, content=rest, skip_execute_input=True
         )
+        self._reply_metadata.set(reply["metadata"])
+        return reply["content"]
 
-    async def comm_open(self, stream, ident, parent) -> None:
-        """Comm messages have no reply: forward them, and let the inner kernel's idle end them.
+    def _ok(self, execution_count: int) -> dict:
+        return {"status": "ok", "execution_count": execution_count, "payload": [], "user_expressions": {}}
 
-        While a cell runs they are forwarded alongside it, as ipykernel's base
-        dispatches them; either way the client gets the inner kernel's own
-        busy and idle for them (a status once a blocking cell ends, none beside
-        a cell that awaits), and the proxy takes the next message at once.
-        """
-        await self.ready.wait()
-        relay = self.inner.relay if self.inner is not None else None
-        msg_id = parent["header"]["msg_id"]
-        if relay is None:
-            self._take_status_back(parent, busy_relayed=False)
-            self._refuse_comm(parent)
-            return
-        relay.track_client_comm(parent)
-        relay_status = msg_id in self._status_relayed or self.running_cell is not None
-        if msg_id in self._status_relayed:
-            self._status_relayed[msg_id] = True
-        relay.send(parent, ident, relay_status=relay_status)
-        if not relay_status:
-            try:
-                await relay.settle(msg_id)
-            except InnerKernelDied:
-                pass
-
-    comm_msg = comm_close = comm_open
-
-    def _refuse_comm(self, parent: dict) -> None:
-        """No inner kernel runs (it died too often, or did not restart): no comm can reach one.
-
-        A comm_open is closed again, as a kernel closes one for a target it
-        does not have, so the client does not wait on it.
-        """
-        msg_type = parent["header"]["msg_type"]
-        self.log.warning("Dropped a %s: the kernel is not running; run %%restart to start it", msg_type)
-        comm_id = parent["content"].get("comm_id") if isinstance(parent["content"], dict) else None
-        if msg_type == "comm_open" and isinstance(comm_id, str):
-            self._send_comm_close(comm_id, parent)
+    # -- the proxy's own requests -----------------------------------------------
 
     async def kernel_info_request(self, stream, ident, parent) -> None:
         """Answered at once, even during a restart: the same argv gives the same info."""
         if not self._inner_info:
-            await self._on_main(self.ready.wait())
+            await self._on_main(self.restarter.ready.wait())
         await super().kernel_info_request(stream, ident, parent)
 
     @property
@@ -477,127 +514,43 @@ class ProxyKernel(WrapperKernelBase):
         """Interrupt the inner kernel, by its own interrupt mode; see Rescuer.interrupt."""
         await self._on_main(self.rescuer.interrupt())
 
-    async def shell_main(self, subshell_id: str | None, msg: list) -> None:
-        """Order shell messages as a kernel does while the proxy waits on the inner one.
-
-        interrupt_request is served at once, as some clients send it on
-        shell.  ipykernel's base takes comm messages alongside whatever holds
-        the shell; a kernel only does that while a cell runs, so the proxy
-        queues them behind any other request, with a busy and idle each.
-        In its turn, a request the inner kernel answers alone is relayed as
-        it is (:meth:`_relay_as_is`); the rest take ipykernel's dispatch.
-        """
-        peek = self._routable(msg)
-        if peek is None:
-            return
-        header = peek["header"]
-        if header.get("subshell_id") is not None:
-            await self._on_subshell(msg)
-            return
-        msg_type = header["msg_type"]
-        if self.shell_busy:
-            if msg_type == "interrupt_request":
-                await self.dispatch_now(msg)
-                return
-            if msg_type in COMM_MSG_TYPES and self.running_cell is not None:
-                await super().shell_main(subshell_id, msg)
-                return
-        await self.dispatch_in_turn(msg, partial(self._relay_as_is, peek=peek) if msg_type in STATUS_RELAYED else None)
-
-    async def _relay_as_is(self, msg: list, peek: dict) -> bool:
-        """Relay a request the inner kernel answers alone as the client signed it, and its reply as the kernel did.
-
-        The common case: no ``%restart``, no notice to show, nothing to
-        abort, a kernel to answer.  ipykernel's dispatch would re-sign and
-        re-serialize both messages for nothing.  False, having consumed
-        nothing, when the request needs ipykernel's dispatch.  ``peek`` is
-        the message read without its content (see _routable).
-        """
-        inner = self.inner
-        if (
-            self.aborts(msg)
-            or not self.ready.is_set()
-            or inner is None
-            or inner.relay is None
-            or self.rescuer.has_notice
-        ):
-            return False
-        try:
-            content = self.session.unpack(peek["content"])
-        except Exception:
-            return False
-        msg_type = peek["header"]["msg_type"]
-        if not (isinstance(content, dict) and isinstance(peek["metadata"], dict)):
-            return False
-        code = content.get("code")
-        if msg_type == "execute_request" and not (isinstance(code, str) and parse_restart(code) is None):
-            return False
-        idents, frames = self.session.feed_identities(msg, copy=False)
-        if self.session.auth is not None:
-            try:
-                # Checked by _routable when the message came; a replay since is refused now, as ipykernel does.
-                spend(self.session, frames[0].bytes)
-            except ValueError:
-                self.log.error("Invalid Message", exc_info=True)
-                return True
-        parent = {**peek, "content": content}
-        self.set_parent(idents, parent, "shell")
-        relay = inner.relay
-        relay.track_client_comm(parent)
-        pending = relay.forward(frames, parent, idents)
-        if msg_type in COMM_MSG_TYPES:
-            return True
-        if msg_type == "execute_request":
-            self.running_cell = parent
-        try:
-            await relay.request(parent, idents)
-        except InnerKernelDied as died:
-            if not pending.busy_relayed:
-                self.publish_own_status("busy", parent)
-            reply = await self._after_death(parent, inner, died)
-            self._answer_alone(parent, idents, reply["content"])
-            return True
-        finally:
-            self.running_cell = None
-        send_frames(self.shell_stream.socket, [*idents, *pending.reply_frames], copy=False)
-        if msg_type == "execute_request":
-            await self._after_cell(parent, content, pending.reply.result()["content"], relay)
-        return True
-
-    async def _after_cell(self, parent: dict, request: dict, reply: dict, relay) -> None:
-        """What a kernel does once it has replied to a cell: count it, and abort what was sent before an error."""
-        self.execution_count = reply.get("execution_count", self.execution_count)
-        if reply.get("status") == "error" and not request.get("silent") and request.get("stop_on_error", True):
-            self._abort_queues()
-            # The inner kernel aborts what reaches it until its idle.
-            try:
-                await relay.settle(parent["header"]["msg_id"])
-            except InnerKernelDied:
-                pass
-
-    def _routable(self, msg: list) -> dict | None:
-        """A shell message read without its content, or None (logged) for one ipykernel refuses before busy.
-
-        ipykernel 7's shell channel thread reads each message's header, and a
-        comm_msg's or comm_close's content, to route it; a message it cannot
-        read that way is dropped without a status.
-        """
-        try:
-            _, frames = self.session.feed_identities(msg, copy=False)
-            header_only = read(self.session, frames, content=False)
-            msg_type = header_only["header"]["msg_type"]
-            if msg_type in ("comm_msg", "comm_close"):
-                self.session.unpack(header_only["content"]).get("comm_id")
-        except Exception:
-            self.log.error("Invalid message", exc_info=True)
-            return None
-        return header_only
-
     def pre_handler_hook(self) -> None:
         """SIGINT is the inner kernel's business: the proxy's handler forwards it."""
 
     def post_handler_hook(self) -> None:
         pass
+
+    # -- control requests the inner kernel answers ----------------------------------
+
+    async def _relay_control(self, stream, ident, parent) -> None:
+        """Forward a debug, usage or subshell request on control; ipykernel's control thread sends the status.
+
+        A kernel without subshells gets no subshell request (ipykernel's base
+        logs it and sends no reply, as such a kernel does); the others get
+        them under the ids the client holds (see subshells).
+        """
+        msg_type = parent["header"]["msg_type"]
+        if msg_type in SUBSHELL_CONTROL and not has_subshells(self._inner_info):
+            await getattr(super(), msg_type)(stream, ident, parent)
+            return
+        reply = await self._on_main(self._forward_control(parent, ident))
+        msg_type, content, metadata = reply["header"]["msg_type"], reply["content"], reply["metadata"]
+        self.session.send(stream, msg_type, content, parent, ident, metadata=metadata)
+
+    debug_request = usage_request = _relay_control
+    create_subshell_request = delete_subshell_request = list_subshell_request = _relay_control
+
+    async def _forward_control(self, parent: dict, ident: list) -> dict:
+        """On the main loop, where the map of subshell ids changes at a restart."""
+        await self.restarter.ready.wait()
+        subshells = parent["header"]["msg_type"] in SUBSHELL_CONTROL
+        content = self.subshells.request_content(parent) if subshells else None
+        reply = await self._forward(parent, ident, channel="control", own_status=True, answer=False, content=content)
+        if subshells:
+            self.subshells.answered(parent, reply)
+        return reply
+
+    # -- stdin ----------------------------------------------------------------
 
     def _send_input_request(self, msg: dict, pending: Pending) -> None:
         """The inner kernel's input_request, to the client that sent the request asking for input."""
@@ -613,226 +566,6 @@ class ProxyKernel(WrapperKernelBase):
         except Exception:
             self.log.warning("Dropped a malformed message on stdin", exc_info=True)
             return
-        if self.inner is not None and self.inner.relay is not None:
-            self.inner.relay.input_reply(msg)
-
-    # -- %restart -------------------------------------------------------------
-
-    async def _restart_cell(self, code: str, silent: bool, cell: RestartCell) -> dict:
-        parent = self.get_parent("shell")
-        # A count of its own, not 0: JupyterLab leaves a cell whose reply
-        # counts 0 showing [*] as if it still ran. The next cell is [1].
-        count = self.execution_count
-        if not silent:
-            self.publish_own_execute_input(code, parent, count)
-        if cell.options in (["--help"], ["-h"]):
-            self.write_stream(RESTART_HELP, parent)
-            return self._ok(count)
-        usage = cell.error
-        if usage is None and cell.options not in ([], ["--cold"]):
-            usage = f"%restart takes no option {' '.join(cell.options)!r}; see %restart --help"
-        if usage is not None:
-            # As IPython shows a UsageError: one line on stderr, no traceback.
-            self.write_stream(f"UsageError: {usage}\n", parent, "stderr")
-            return {
-                "status": "error",
-                "ename": "UsageError",
-                "evalue": usage,
-                "traceback": [],
-                "execution_count": count,
-            }
-        try:
-            await self.restart_in_place(parent, cold=cell.options == ["--cold"])
-        except Exception as e:
-            return self._error_reply(parent, "RestartError", f"The kernel did not restart: {e}")["content"]
-        if cell.rest.strip():
-            return await self.do_execute_rest(parent, cell.rest)
-        return self._ok(count)
-
-    async def do_execute_rest(self, parent: dict, rest: str) -> dict:
-        """Run the lines after ``%restart`` in the new kernel, as part of the same cell."""
-        reply = await self._forward(content={**parent["content"], "code": rest}, skip_execute_input=True)
-        self.execution_count = reply.get("execution_count", self.execution_count)
-        return reply
-
-    async def restart_in_place(self, parent: dict | None, cold: bool = False) -> None:
-        """Replace the inner kernel with a new one; the client stays connected.
-
-        The old kernel shuts down while the new one starts.  The client is
-        told what a restart means for it: the old kernel's comms are closed,
-        and the kernel reports ``starting`` (never ``restarting``, which
-        JupyterLab takes for a dead kernel restarted by the server).  The
-        cell ``parent`` is told how long it took.  With standby the spare
-        takes over at once, unless ``cold``, and the old kernel shuts down in
-        the background.
-        """
-        started = time.monotonic()
-        old = self.inner
-        self.ready.clear()
-        if old is not None and old.relay is not None:
-            self._close_comms(old.relay.comms)
-        try:
-            new = await self.kernels.replace(cold)
-        except BaseException:
-            self.ready.set()
-            raise
-        await self._carry_subshells(new)
-        self.execution_count = 0
-        self.session.send(
-            self.iopub_socket, "status", {"execution_state": "starting"}, parent={}, ident=self.topic("status")
-        )
-        message = f"Restarted the kernel in place in {time.monotonic() - started:.1f} s"
-        # A warning, so that the server's log shows every restart, however asked for.
-        self.log.warning("%s", message)
-        if parent is not None:
-            self.write_stream(message + "\n", parent)
-        self._use(new)
-
-    def _close_comms(self, comms: dict[str, str]) -> None:
-        parent = self.get_parent("shell")
-        for comm_id in list(comms):
-            self._send_comm_close(comm_id, parent)
-        comms.clear()
-
-    def _send_comm_close(self, comm_id: str, parent: dict) -> None:
-        """Close a comm on the client's side, as its kernel would."""
-        self.session.send(
-            self.iopub_socket, "comm_close", {"comm_id": comm_id, "data": {}}, parent, ident=self.topic("comm_close")
-        )
-
-    def write_stream(self, text: str, parent: dict, name: str = "stdout") -> None:
-        """Write into the output of request ``parent``, as the kernel's stdout or stderr."""
-        self.session.send(
-            self.iopub_socket, "stream", {"name": name, "text": text}, parent, ident=f"stream.{name}".encode()
-        )
-
-    def _ok(self, execution_count: int) -> dict:
-        return {"status": "ok", "execution_count": execution_count, "payload": [], "user_expressions": {}}
-
-    # -- subshells ------------------------------------------------------------
-
-    @property
-    def _inner_has_subshells(self) -> bool:
-        return SUBSHELLS in self._inner_info.get("supported_features", ())
-
-    async def _on_subshell(self, msg: list) -> None:
-        """Forward a request for a subshell as it arrives, and relay the inner kernel's answer.
-
-        The inner kernel runs each subshell in a thread of its own, orders its
-        requests, aborts them after an error and reports busy and idle for
-        them; the proxy passes all of that on, so a subshell's request never
-        waits behind the main shell's, or another subshell's, in the proxy.
-        """
-        ident, frames = self.session.feed_identities(msg, copy=False)
-        try:
-            parent = self.session.deserialize(frames, content=True, copy=False)
-        except Exception:
-            self.log.error("Invalid message", exc_info=True)
-            return
-        msg_type, content = parent["header"]["msg_type"], parent["content"]
-        code = content.get("code") if isinstance(content, dict) else None
-        if msg_type == "execute_request" and isinstance(code, str) and parse_restart(code) is not None:
-            usage = "%restart restarts the whole kernel: run it in the notebook, not in a subshell"
-            self.publish_own_status("busy", parent)
-            self.write_stream(f"UsageError: {usage}\n", parent, "stderr")
-            reply = {"status": "error", "ename": "UsageError", "evalue": usage, "traceback": []}
-            self._answer_alone(parent, ident, {**reply, "execution_count": self.execution_count})
-            return
-        await self.ready.wait()
-        inner = self.inner
-        if inner is None or inner.relay is None:
-            self.publish_own_status("busy", parent)
-            reply = self._error_reply(parent, "DeadKernelError", "The kernel is not running; run %restart to start it")
-            self._answer_alone(parent, ident, reply["content"])
-            return
-        relay = inner.relay
-        subshell_id = parent["header"]["subshell_id"]
-        if isinstance(subshell_id, str):
-            subshell_id = self.subshells.get(subshell_id, subshell_id)
-        relay.track_client_comm(parent)
-        pending = relay.send(parent, ident, relay_status=True, subshell_id=subshell_id)
-        if msg_type in COMM_MSG_TYPES:
-            return
-        try:
-            reply = await relay.request(parent, ident, wait_idle=False)
-        except InnerKernelDied as died:
-            if not pending.busy_relayed:
-                self.publish_own_status("busy", parent)
-            reason = await self.rescuer.after_death(inner, str(died), None)
-            self._answer_alone(parent, ident, self._error_reply(parent, "DeadKernelError", reason)["content"])
-            return
-        self.session.send(
-            self.shell_stream, reply["header"]["msg_type"], reply["content"], parent, ident, metadata=reply["metadata"]
-        )
-        try:
-            await relay.settle(parent["header"]["msg_id"])
-        except InnerKernelDied:
-            self.publish_own_status("idle", parent)
-
-    def _answer_alone(self, parent: dict, ident: list, content: dict) -> None:
-        """End a request the inner kernel cannot answer, after its busy: the proxy's reply, then idle."""
-        reply_type = parent["header"]["msg_type"].replace("_request", "_reply")
-        self.session.send(self.shell_stream, reply_type, content, parent, ident)
-        self.publish_own_status("idle", parent)
-
-    async def create_subshell_request(self, stream, ident, parent) -> None:
-        await self._subshell_control(stream, ident, parent)
-
-    delete_subshell_request = list_subshell_request = create_subshell_request
-
-    async def _subshell_control(self, stream, ident, parent) -> None:
-        """Create, delete or list subshells in the inner kernel, under the ids the client holds.
-
-        A kernel without subshells gets none of these (ipykernel's base logs
-        them and sends no reply, as such a kernel does).
-        """
-        msg_type = parent["header"]["msg_type"]
-        if not self._inner_has_subshells:
-            await getattr(super(), msg_type)(stream, ident, parent)
-            return
-        reply = await self._on_main(self._forward_subshell_control(parent, ident))
-        msg_type, content, metadata = reply["header"]["msg_type"], reply["content"], reply["metadata"]
-        self.session.send(stream, msg_type, content, parent, ident, metadata=metadata)
-
-    async def _forward_subshell_control(self, parent: dict, ident: list) -> dict:
-        """On the main loop, where the map of subshell ids changes at a restart."""
-        await self.ready.wait()
-        msg_type, content = parent["header"]["msg_type"], parent["content"]
-        options = {}
-        client_id = content.get("subshell_id") if isinstance(content, dict) else None
-        if msg_type == "delete_subshell_request" and isinstance(client_id, str) and client_id in self.subshells:
-            options["content"] = {**content, "subshell_id": self.subshells[client_id]}
-        reply = await self._request(parent, ident, "control", **options)
-        answer = reply["content"]
-        if answer.get("status") != "ok":
-            return reply
-        if msg_type == "create_subshell_request" and isinstance(answer.get("subshell_id"), str):
-            self.subshells[answer["subshell_id"]] = answer["subshell_id"]
-        elif msg_type == "delete_subshell_request":
-            self.subshells.pop(client_id, None)
-        elif msg_type == "list_subshell_request" and isinstance(answer.get("subshell_id"), list):
-            client_ids = {inner_id: client_id for client_id, inner_id in self.subshells.items()}
-            answer["subshell_id"] = [client_ids.get(inner_id, inner_id) for inner_id in answer["subshell_id"]]
-        return reply
-
-    async def _carry_subshells(self, inner: InnerKernel) -> None:
-        """Create the client's subshells again in a new inner kernel, so the ids it holds keep working.
-
-        A subshell console stays open across %restart (JupyterLab forgets its
-        subshells only on a ``restarting`` status, which the proxy never
-        sends), so each client id is mapped to a new subshell of the new
-        kernel; the subshell starts fresh, as the main shell does.
-        """
-        if not self.subshells or inner.relay is None:
-            return
-        if SUBSHELLS not in inner.kernel_info.get("supported_features", ()):
-            self.subshells.clear()
-            return
-        client_ids = list(self.subshells)
-        created = await asyncio.gather(*(inner.relay.create_subshell() for _ in client_ids), return_exceptions=True)
-        for client_id, subshell_id in zip(client_ids, created, strict=True):
-            if isinstance(subshell_id, str):
-                self.subshells[client_id] = subshell_id
-            else:
-                self.log.warning("Subshell %s was not created again: %s", client_id, subshell_id)
-                del self.subshells[client_id]
+        inner = self.kernels.current
+        if inner is not None and inner.relay is not None:
+            inner.relay.input_reply(msg)

@@ -1,30 +1,61 @@
-"""ipykernel's ``Kernel`` base as the proxy uses it: the private parts a wrapper kernel needs, in one place.
+"""The private parts of ipykernel and jupyter_client the proxy uses, in one place, with the versions they hold for.
 
 The proxy is an ipykernel ``Kernel`` (the project's shape), but the base
 offers a kernel that forwards requests no public hook for the few things
-below.  They hold for ipykernel 7.4, the floor in setup.cfg; when a newer
-ipykernel breaks the proxy, look here first.
+below.  They hold for ipykernel 7.4 and jupyter_client 8.10, the floors in
+setup.cfg; when a newer release breaks the proxy, look here first.
+
+ipykernel 7.4:
 
 - ``shell_main(subshell_id, msg)`` and ``dispatch_shell(msg, subshell_id,
-  concurrent=)``: 7.4's signatures; ``_main_asyncio_lock`` is held while the
+  concurrent=)``: their signatures; ``_main_asyncio_lock`` is held while the
   main shell handles a message.
 - ``_aborting`` and ``_abort_queues``: after a failed cell 7.4 aborts the
   execute requests queued before its reply, ending that with a message its
   shell channel thread queues; the proxy runs no such thread, so it numbers
   the messages it receives and aborts exactly those received before.
-- ``_publish_status``: the proxy leaves some requests' busy and idle to the
-  inner kernel (``_leaves_status``); ``_publish_execute_input``, which the
-  proxy publishes itself only for ``%restart`` cells; ``_topic``,
-  ``_parent_ident`` and ``_execute_sleep``.
+- ``_publish_status`` (the proxy's own busy and idle, for what it answers
+  itself), ``_topic`` (its iopub topics), ``_parent_ident`` (the identities
+  of the request being handled) and ``_execute_sleep``.
+
+jupyter_client 8.10:
+
+- ``Session._add_digest``: records a signature against replays, as
+  ``Session.deserialize`` does when it reads a message's content.
+- ``KernelManager._control_socket``: the socket a manager sent its
+  shutdown_request on, whose reply it never reads (see provisioner).
+
+This module imports ipykernel: import the jupyter_client helpers where they
+are used, so that code running before ipykernel is loaded (inner.prelaunch)
+does not load it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import typing as t
-from contextvars import copy_context
 
+import zmq
 from ipykernel.kernelbase import Kernel
+from jupyter_client.session import Session
+
+# -- jupyter_client 8.10 --------------------------------------------------------
+
+
+def add_digest(session: Session, signature: bytes) -> None:
+    """Record ``signature`` against replays, culling the history as Session does."""
+    session._add_digest(signature)
+
+
+def control_socket(manager: t.Any) -> zmq.Socket | None:
+    """A plain view of the control socket ``manager`` sent its shutdown_request on, if it has one."""
+    control = getattr(manager, "_control_socket", None)
+    if control is None:
+        return None
+    return zmq.Socket.shadow(getattr(control, "underlying", control))
+
+
+# -- ipykernel 7.4 --------------------------------------------------------------
 
 
 class WrapperKernelBase(Kernel):
@@ -44,14 +75,13 @@ class WrapperKernelBase(Kernel):
 
     def start(self) -> None:
         super().start()
-        # One context for all shell messages, as ipykernel's base keeps.
-        self._shell_context = copy_context()
         self.shell_stream.on_recv(self._on_shell, copy=False)
 
     def _on_shell(self, msg: list) -> asyncio.Task:
+        """Each shell message in a task of its own (with a copy of the context, as any task)."""
         self._received += 1
         self._sequence[id(msg)] = self._received
-        return asyncio.create_task(self._numbered_shell_main(msg), context=self._shell_context)
+        return asyncio.create_task(self._numbered_shell_main(msg))
 
     async def _numbered_shell_main(self, msg: list) -> None:
         try:
@@ -62,23 +92,13 @@ class WrapperKernelBase(Kernel):
     # -- the main shell's order ---------------------------------------------------
 
     @property
-    def shell_busy(self) -> bool:
-        """Whether the main shell is handling a message now."""
-        return self._main_asyncio_lock.locked()
+    def main_shell(self) -> asyncio.Lock:
+        """Held while the main shell handles a message: requests take it in turn."""
+        return self._main_asyncio_lock
 
-    async def dispatch_now(self, msg: list) -> None:
-        """Handle ``msg`` alongside whatever holds the main shell, without a status (as 7.4 does comms)."""
-        await self.dispatch_shell(msg, concurrent=True)
-
-    async def dispatch_in_turn(self, msg: list, relay: t.Callable[[list], t.Awaitable[bool]] | None = None) -> None:
-        """Handle ``msg`` once the main shell is free, with its busy and idle.
-
-        ``relay``, if given, may take the message instead of ipykernel's
-        dispatch, in the same turn: it returns False when it did not.
-        """
-        async with self._main_asyncio_lock:
-            if relay is None or not await relay(msg):
-                await self.dispatch_shell(msg)
+    async def dispatch(self, msg: list, concurrent: bool = False) -> None:
+        """ipykernel's own handling of a shell message: its handler, and (unless ``concurrent``) busy and idle."""
+        await self.dispatch_shell(msg, concurrent=concurrent)
 
     async def dispatch_shell(self, msg: list, /, subshell_id: str | None = None, *, concurrent: bool = False):
         """Abort exactly the execute requests received before a failed cell's reply.
@@ -86,46 +106,31 @@ class WrapperKernelBase(Kernel):
         Without ipykernel's shell channel thread its base resets the abort on a
         timer, which can also abort a request sent right after the error reply.
         """
-        self._aborting = self._sequence.pop(id(msg), 0) <= self._abort_through
+        self._aborting = self.aborts(msg)
         await super().dispatch_shell(msg, subshell_id, concurrent=concurrent)
 
     def _abort_queues(self, subshell_id: str | None = None) -> None:
         self._abort_through = self._received
         self.failures += 1
 
-    @property
-    def aborting(self) -> bool:
-        """Whether the request being dispatched is one a failed cell aborts."""
-        return self._aborting
+    def abort_queued(self) -> None:
+        """After a failed cell: abort the execute requests received before its reply."""
+        self._abort_queues()
 
     def aborts(self, msg: list) -> bool:
         """Whether a failed cell aborts ``msg``, a message not dispatched yet."""
         return self._sequence.get(id(msg), 0) <= self._abort_through
 
-    # -- status and the current request -------------------------------------------
+    # -- the proxy's own messages -------------------------------------------------
 
-    def _publish_status(self, status: str, channel: str, parent: dict | None = None) -> None:
-        if not self._leaves_status(status, channel, parent or self.get_parent(channel)):
-            super()._publish_status(status, channel, parent)
+    def publish_status(self, status: str, parent: dict) -> None:
+        """The proxy's own busy or idle for shell request ``parent``."""
+        self._publish_status(status, "shell", parent)
 
-    def _leaves_status(self, status: str, channel: str, parent: dict) -> bool:
-        """Whether this status is the inner kernel's to send; the proxy's own when False."""
-        return False
-
-    def publish_own_status(self, status: str, parent: dict) -> None:
-        """The proxy's own busy or idle for shell request ``parent``, whatever _leaves_status says."""
-        super()._publish_status(status, "shell", parent)
-
-    def _publish_execute_input(self, code: str, parent: dict, execution_count: int) -> None:
-        """The inner kernel publishes its own, with its own execution count."""
-
-    def publish_own_execute_input(self, code: str, parent: dict, execution_count: int) -> None:
-        super()._publish_execute_input(code, parent, execution_count)
+    def parent_ident(self, channel: str) -> list:
+        """The identities of the request ``channel`` is handling, to route its input_request."""
+        return self._parent_ident[channel]
 
     def topic(self, name: str) -> bytes:
         """The iopub topic of the proxy's own messages."""
         return self._topic(name)
-
-    def parent_ident(self, channel: str) -> list:
-        """The identities of the request ``channel`` is handling, to reply to."""
-        return self._parent_ident[channel]

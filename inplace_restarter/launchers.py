@@ -9,7 +9,10 @@ options are parsed as far as needed to find where its own arguments end.
 
 from __future__ import annotations
 
+import logging
 import shlex
+import signal
+import subprocess
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -318,3 +321,31 @@ def runs_proxy(argv: list[str]) -> bool:
     return any(pair == ("-m", "inplace_restarter") for pair in pairwise(words)) or any(
         _name(word) == "jupyter-inplace-restarter" for word in words
     )
+
+
+def signal_leader(process: subprocess.Popen, signum: int) -> None:
+    """Signal a launcher's own process, never its group: killing srun's group orphans its job."""
+    try:
+        process.send_signal(signum)
+    except (ProcessLookupError, OSError):
+        pass
+
+
+def stop_launcher(process: subprocess.Popen, grace: float = LAUNCHER_GRACE, log: logging.Logger | None = None) -> None:
+    """End a launcher the way that makes it end its job: SIGTERM to it alone, SIGKILL after ``grace``.
+
+    srun, told to stop, cancels its step and ends the job; killed at once it
+    leaves the job running with nothing attached.  Blocks up to ``grace``:
+    exit paths call it as it is, an event loop in an executor.  The one
+    place a launcher is stopped (the proxy's inner kernels, the provisioner's
+    kill, the proxy's exit).
+    """
+    if process.poll() is not None:
+        return
+    signal_leader(process, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        if log is not None:
+            log.warning("Launcher %s still running %g s after SIGTERM; killing it", process.pid, grace)
+        signal_leader(process, signal.SIGKILL)

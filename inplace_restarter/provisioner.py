@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import time
 import typing as t
@@ -253,11 +252,12 @@ class InPlaceProvisioner(LocalProvisioner):
         read from there, on a view of the socket that works for the blocking
         and the asyncio manager alike.
         """
+        from .kernelbase import control_socket
+
         manager = self.parent
-        control = getattr(manager, "_control_socket", None)
-        if control is None:
+        socket = control_socket(manager)
+        if socket is None:
             return False
-        socket = zmq.Socket.shadow(getattr(control, "underlying", control))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.reply_timeout
         while loop.time() < deadline:
@@ -298,24 +298,14 @@ class InPlaceProvisioner(LocalProvisioner):
         if not (self._in_a_job and self.process is not None and self.process.poll() is None):
             await super().kill(restart=restart)
             return
-        await self.send_signal(signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.launcher_grace
-        while self.process.poll() is None and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if self.process.poll() is None:
-            self.log.warning(
-                "Kernel %s: %s still running after SIGTERM; killing it", self.kernel_id, self.process.args[0]
-            )
-            await self.send_signal(signal.SIGKILL)
+        await asyncio.get_running_loop().run_in_executor(
+            None, launchers.stop_launcher, self.process, self.launcher_grace, self.log
+        )
 
     async def send_signal(self, signum: int) -> None:
         """To a job launcher's own process only: killing srun's process group orphans its job."""
         if self._in_a_job and self.process is not None:
-            try:
-                self.process.send_signal(signum)
-            except ProcessLookupError:
-                pass
+            launchers.signal_leader(self.process, signum)
             return
         await super().send_signal(signum)
 

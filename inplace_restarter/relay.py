@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import zmq
 from jupyter_client.session import DELIM, Session
 
-from .frames import decoded, delimiter, send_frames, unpacked, verified
+from .frames import decoded, delimiter, recv_frames, send_frames, unpacked, verified
 
 if t.TYPE_CHECKING:
     from jupyter_client.blocking import BlockingKernelClient
@@ -43,7 +43,6 @@ class InnerKernelDied(Exception):
     """The inner kernel exited while a request was pending."""
 
     def __init__(self, returncode: int | None):
-        self.returncode = returncode
         super().__init__(describe_exit(returncode))
 
 
@@ -126,54 +125,55 @@ class Relay:
 
     # -- requests -------------------------------------------------------------
 
-    def send(
+    def forward(
         self,
         parent: dict,
         ident: list,
+        frames: list | None = None,
+        *,
         channel: str = "shell",
+        relay_status: bool = True,
         content: dict | None = None,
         skip_execute_input: bool = False,
-        relay_status: bool = False,
         subshell_id: str | None = None,
     ) -> Pending:
-        """Forward the client's request ``parent`` to the inner kernel as it is.
+        """Forward the client's request ``parent``: the one way a client's request reaches the inner kernel.
 
-        ``content`` replaces the request's content (``%restart`` forwards the
-        rest of its cell); ``skip_execute_input`` drops the inner kernel's
-        echo of it, when the proxy has already published one; with
-        ``relay_status`` the inner kernel's busy and idle for it are relayed,
-        and it is forgotten at its idle (a request with a reply once it is
-        settled); ``subshell_id`` is the inner kernel's id of the client's
-        subshell, which the client sees back in the parent of what it causes.
+        ``frames`` (from the signature on) are sent as the client signed them
+        when nothing in the request changes: the inner kernel shares the
+        client's key.  Else the request is signed again: with ``content`` in
+        place of its own (``%restart`` forwards the rest of its cell), or
+        under ``subshell_id``, the inner kernel's id of the client's subshell
+        (the client sees its own request back as the parent of what it
+        causes).  With ``relay_status`` the inner kernel's busy and idle for
+        it go to the client, and it is forgotten at its idle; without, the
+        proxy sends its own and awaits :meth:`settle`.
+        ``skip_execute_input`` drops the inner kernel's echo of the request.
         """
         header = parent["header"]
-        pending = self._pending(parent, ident, skip_execute_input=skip_execute_input, relay_status=relay_status)
+        msg_type = header["msg_type"]
+        pending = self.pending[header["msg_id"]] = Pending(
+            parent, ident, skip_execute_input=skip_execute_input, relay_status=relay_status
+        )
         if subshell_id is not None and subshell_id != header.get("subshell_id"):
             self._renamed[header["msg_id"]] = header
             header = {**header, "subshell_id": subshell_id}
+        elif frames is not None and content is None:
+            self._send(channel, [DELIM, *frames], msg_type)
+            return pending
         msg = self.session.msg(
-            header["msg_type"],
+            msg_type,
             content=parent["content"] if content is None else content,
             parent=parent.get("parent_header") or {},
             header=header,
             metadata=parent.get("metadata") or {},
         )
-        self._send(channel, [*self.session.serialize(msg), *(parent.get("buffers") or ())], header["msg_type"])
+        self._send(channel, [*self.session.serialize(msg), *(parent.get("buffers") or ())], msg_type)
         return pending
 
-    def forward(self, frames: list, parent: dict, ident: list) -> Pending:
-        """Forward the client's shell request ``parent`` as the client signed it (``frames``, from its signature on).
-
-        The inner kernel shares the client's key, so the request needs no
-        new signature; its busy and idle are relayed.
-        """
-        pending = self._pending(parent, ident, relay_status=True)
-        self._send("shell", [DELIM, *frames], parent["header"]["msg_type"])
-        return pending
-
-    def _pending(self, parent: dict, ident: list, **options: t.Any) -> Pending:
-        pending = self.pending[parent["header"]["msg_id"]] = Pending(parent, ident, **options)
-        return pending
+    def ask(self, msg_type: str, content: dict, channel: str = "shell") -> Pending:
+        """Send a request of the proxy's own (kernel_info, shutdown, a subshell to create)."""
+        return self.forward(self.session.msg(msg_type, content), [], channel=channel, relay_status=False)
 
     def _send(self, channel: str, frames: list, msg_type: str) -> None:
         socket = getattr(self.client, f"{channel}_channel").socket
@@ -184,24 +184,15 @@ class Relay:
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("-> inner %s %s", channel, msg_type)
 
-    async def request(
-        self,
-        parent: dict,
-        ident: list,
-        channel: str = "shell",
-        wait_idle: bool = True,
-        **options: t.Any,
-    ) -> dict:
-        """Forward a request and return the inner kernel's reply message.
+    async def reply(self, pending: Pending, wait_idle: bool = False) -> dict:
+        """The inner kernel's reply to a forwarded request; raises InnerKernelDied.
 
-        Returns once the reply is in and, with ``wait_idle``, all the output
-        the request caused has been relayed, so the proxy's own idle status
-        comes last, as a kernel's does.  Without, the caller owes a
-        :meth:`settle` once it has answered the client.
+        With ``wait_idle``, also waits until all the output the request
+        caused has been relayed, so that the proxy's own idle comes last, as
+        a kernel's does.  A request whose status is the inner kernel's needs
+        no wait: it is forgotten at its idle.
         """
-        msg_id = parent["header"]["msg_id"]
-        # A request forwarded with send() before is pending already.
-        pending = self.pending.get(msg_id) or self.send(parent, ident, channel, **options)
+        msg_id = pending.parent["header"]["msg_id"]
         try:
             await self._until(pending.reply)
         except BaseException:
@@ -260,8 +251,7 @@ class Relay:
         deadline = loop.time() + timeout
         subscribed = asyncio.ensure_future(self._subscribed.wait())
         while True:
-            msg = self.session.msg("kernel_info_request", {})
-            pending = self.send(msg, [])
+            pending = self.ask("kernel_info_request", {})
             try:
                 await asyncio.wait_for(self._until(pending.reply), max(0.1, min(2.0, deadline - loop.time())))
                 await asyncio.wait_for(asyncio.shield(subscribed), 0.2)
@@ -274,7 +264,7 @@ class Relay:
                 subscribed.cancel()
                 raise
             finally:
-                self.pending.pop(msg["header"]["msg_id"], None)
+                self.pending.pop(pending.parent["header"]["msg_id"], None)
 
     # -- what the inner kernel sends ------------------------------------------
 
@@ -295,7 +285,7 @@ class Relay:
         handler = self._handlers[socket]
         while not self._closed:
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(socket, zmq.NOBLOCK)
             except zmq.Again:
                 return
             handler(frames)
@@ -306,7 +296,13 @@ class Relay:
             return
         msg, pending = answer
         if pending is not None and not pending.reply.done():
-            pending.reply_frames = frames[delimiter(frames) :]
+            header = pending.parent["header"]
+            if msg["parent_header"].get("subshell_id") == header.get("subshell_id"):
+                pending.reply_frames = frames[delimiter(frames) :]
+            else:
+                # Forwarded under another subshell id: the client's own request is the parent.
+                msg["parent_header"] = header
+                pending.reply_frames = self.session.serialize(msg)
             pending.reply.set_result(msg)
 
     # -- in the iopub relay's thread ---------------------------------------------
@@ -390,8 +386,8 @@ class Relay:
 
     async def create_subshell(self, timeout: float = 10) -> str:
         """Create a subshell in the inner kernel; its id."""
-        msg = self.session.msg("create_subshell_request", {})
-        reply = await asyncio.wait_for(self.request(msg, [], "control"), timeout)
+        pending = self.ask("create_subshell_request", {}, "control")
+        reply = await asyncio.wait_for(self.reply(pending, wait_idle=True), timeout)
         content = reply["content"]
         if content.get("status") != "ok" or not isinstance(content.get("subshell_id"), str):
             raise RuntimeError(content.get("evalue") or f"create_subshell_request: {content}")

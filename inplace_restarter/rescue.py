@@ -1,8 +1,9 @@
 """Dying and hung inner kernels: noticed, explained, restarted in place.
 
-The policy (RescuePolicy: limits and patience, configurable) is kept apart
-from the mechanism (Rescuer), as jupyter_client keeps ``KernelRestarter``'s
-limits apart from ``KernelManager``.
+As jupyter_client's ``KernelRestarter`` holds its manager and calls
+``restart_kernel``, the Rescuer holds the restart mechanism
+(restart.InPlaceRestarter) and calls its ``restart``; the limits and the
+patience (RescuePolicy, configurable) are kept apart from both.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import time
 import typing as t
 from collections import deque
-from collections.abc import Awaitable, Callable
 
 from traitlets import Bool, Float, Integer
 from traitlets.config import LoggingConfigurable
@@ -20,7 +20,8 @@ from traitlets.config import LoggingConfigurable
 from .relay import describe_exit
 
 if t.TYPE_CHECKING:
-    from .inner import InnerKernel, InnerKernels
+    from .inner import InnerKernel
+    from .restart import InPlaceRestarter
 
 
 class RescuePolicy(LoggingConfigurable):
@@ -62,28 +63,20 @@ class RescuePolicy(LoggingConfigurable):
 class Rescuer:
     """Restarts the proxy's inner kernel when it dies, or hangs through interrupts."""
 
-    def __init__(
-        self,
-        policy: RescuePolicy,
-        kernels: InnerKernels,
-        ready: asyncio.Event,
-        restart: Callable[[dict | None], Awaitable[None]],
-        tell: Callable[[str, dict], None],
-        running_cell: Callable[[], dict | None],
-        log: logging.Logger,
-    ):
-        """``restart(cell)`` restarts in place, reporting to ``cell``; ``tell(text, cell)`` writes to a cell's stderr.
-
-        As KernelRestarter fires its restart and dead callbacks, the rescuer
-        decides when, and the proxy does the restarting and the telling.
-        """
-        self.policy = policy
-        self.kernels, self.ready, self.log = kernels, ready, log
-        self._restart, self._tell_cell, self._running_cell = restart, tell, running_cell
+    def __init__(self, policy: RescuePolicy, restarter: InPlaceRestarter, log: logging.Logger):
+        self.policy, self.restarter, self.log = policy, restarter, log
+        self.kernels = restarter.kernels
+        #: the main shell's cell being forwarded, if any: the proxy sets it
+        self.running_cell: dict | None = None
         #: the running cell whose kernel ignored an interrupt
         self._hung: dict | None = None
         #: what to tell the user at the next cell about a kernel that died while idle
         self._notice: str | None = None
+        #: the kernel that died and the restart that follows, once begun
+        self._rescue: tuple[InnerKernel, asyncio.Task] | None = None
+        #: the kernel stopped on purpose as hung, and why, for the request it cut short
+        self._stopped: tuple[InnerKernel, str] | None = None
+        restarter.add_callback(self._watch_soon)
 
     def take_notice(self) -> str | None:
         notice, self._notice = self._notice, None
@@ -93,11 +86,14 @@ class Rescuer:
     def has_notice(self) -> bool:
         return self._notice is not None
 
+    def _watch_soon(self, inner: InnerKernel) -> None:
+        asyncio.get_running_loop().create_task(self.watch(inner))
+
     async def watch(self, inner: InnerKernel) -> None:
         """Notice the moment the inner kernel dies, even while nothing runs."""
         returncode = await asyncio.shield(inner.exited)
         if self.kernels.current is inner and not self.kernels.stopping:
-            await self.after_death(inner, describe_exit(returncode), self._running_cell())
+            await self.after_death(inner, describe_exit(returncode), self.running_cell)
 
     async def after_death(self, inner: InnerKernel, reason: str, cell: dict | None) -> str:
         """Restart a kernel that died by itself; return what the failed request should say.
@@ -105,15 +101,16 @@ class Rescuer:
         Both the death watcher and a request that was waiting on the kernel
         call this; the first call does the restart, the other waits for it.
         """
-        if inner.rescue is None:
-            inner.rescue = asyncio.ensure_future(self._restart_dead(inner, reason, cell))
-        return await asyncio.shield(inner.rescue)
+        if self._rescue is None or self._rescue[0] is not inner:
+            self._rescue = (inner, asyncio.ensure_future(self._restart_dead(inner, reason, cell)))
+        return await asyncio.shield(self._rescue[1])
 
     async def _restart_dead(self, inner: InnerKernel, reason: str, cell: dict | None) -> str:
         if self.kernels.current is not inner or self.kernels.stopping:
             # Stopped on purpose: %restart, a hung kernel, or shutdown.
-            await self.ready.wait()
-            return inner.stop_reason or reason
+            await self.restarter.ready.wait()
+            stopped = self._stopped
+            return stopped[1] if stopped is not None and stopped[0] is inner else reason
         self.log.warning("%s; restarting it in place", reason)
         if not self.policy.may_restart():
             self.kernels.drop()
@@ -124,13 +121,13 @@ class Rescuer:
             self._tell(message, cell)
             return message
         if cell is not None:
-            self._tell_cell(f"{reason}; restarting it in place.\n", cell)
+            self.restarter.tell(f"{reason}; restarting it in place.\n", cell)
         else:
             self._notice = (
                 f"{reason} at {time.strftime('%H:%M:%S')}, and was restarted in place: its variables are gone.\n"
             )
         try:
-            await self._restart(cell)
+            await self.restarter.restart(cell)
         except Exception as e:
             message = f"{reason}, and it did not restart: {e}. Run %restart to try again."
             self._tell(message, cell)
@@ -139,7 +136,7 @@ class Rescuer:
 
     def _tell(self, message: str, cell: dict | None) -> None:
         if cell is not None:
-            self._tell_cell(message + "\n", cell)
+            self.restarter.tell(message + "\n", cell)
         else:
             self._notice = message + "\n"
 
@@ -149,7 +146,7 @@ class Rescuer:
         A second interrupt of a hung kernel restarts it in place: the only way
         out when the shell is stuck in code that ignores SIGINT.
         """
-        inner, running = self.kernels.current, self._running_cell()
+        inner, running = self.kernels.current, self.running_cell
         if inner is None:
             return
         if running is not None and self._hung is running:
@@ -161,22 +158,22 @@ class Rescuer:
             loop.call_later(self.policy.interrupt_grace, lambda: loop.create_task(self._check_hung(inner, running)))
 
     async def _check_hung(self, inner: InnerKernel, running: dict) -> None:
-        if self._running_cell() is not running or self.kernels.current is not inner or self._hung is running:
+        if self.running_cell is not running or self.kernels.current is not inner or self._hung is running:
             return
         if self.policy.restart_hung:
             await self._restart_hung(inner, running)
             return
         self._hung = running
-        self._tell_cell(
+        self.restarter.tell(
             "The kernel does not respond to interrupts. Interrupt again to restart it in place "
             "(its variables will be lost).\n",
             running,
         )
 
     async def _restart_hung(self, inner: InnerKernel, running: dict) -> None:
-        inner.stop_reason = "The kernel did not respond to interrupts, so it was restarted in place"
+        self._stopped = (inner, "The kernel did not respond to interrupts, so it was restarted in place")
         self._hung = None
         try:
-            await self._restart(running)
+            await self.restarter.restart(running)
         except Exception as e:
-            self._tell_cell(f"The kernel did not restart: {e}\n", running)
+            self.restarter.tell(f"The kernel did not restart: {e}\n", running)

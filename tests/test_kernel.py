@@ -64,7 +64,7 @@ def test_restart_gives_a_fresh_kernel_behind_the_same_client(proxy):
     assert reply["content"]["execution_count"] == 1, "execution counts start again at 1"
 
 
-def test_the_restart_cell_sends_one_busy_one_idle_and_a_starting_status(proxy):
+def test_the_restart_cell_sends_one_busy_and_one_idle_its_starting_status_has_no_parent(proxy):
     _, kc = proxy
     _, outputs = execute(kc, "%restart")
     states = [m["content"]["execution_state"] for m in outputs if m["msg_type"] == "status"]
