@@ -311,10 +311,10 @@ def kill_all(procs: list[psutil.Process]) -> None:
     psutil.wait_procs(procs, timeout=5)
 
 
-def first_reply(km) -> float:
-    """From launch of ``km``'s kernel to the reply of its first execute request."""
+def first_reply(km, start=launch) -> float:
+    """From launch of ``km``'s kernel (by ``start(km)``) to the reply of its first execute request."""
     t0 = time.perf_counter()
-    launch(km)
+    start(km)
     shell = km.connect_shell()
     try:
         km.session.send(shell, "execute_request", {"code": "", "silent": False})

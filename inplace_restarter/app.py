@@ -10,8 +10,10 @@ brings in IPython's whole shell, which the proxy never runs.
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -24,12 +26,12 @@ from jupyter_client.connect import ConnectionFileMixin, write_connection_file
 from jupyter_client.session import Session, session_aliases, session_flags
 from jupyter_core.paths import jupyter_config_path, jupyter_runtime_dir
 from tornado.ioloop import IOLoop
-from traitlets import Any, Integer, List, Unicode
+from traitlets import Any, Bool, Integer, List, Unicode
 from traitlets.config import Application, catch_config_error
 from traitlets.utils import filefind
 from zmq.eventloop.zmqstream import ZMQStream
 
-from . import kernelspec
+from . import kernelspec, reach
 from .inner import InnerKernel, inner_kernel_spec
 from .iopub import IOPubRelay
 from .job import Job, JobNotices
@@ -82,7 +84,22 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         config=True,
         help="Set (by jupyter_client) to exit when the process that started the kernel is gone; 0 for never.",
     )
+    bind_ip = Unicode(
+        "",
+        config=True,
+        help="Across nodes: this node's address that the Jupyter server reaches, to bind the client's sockets on "
+        "instead of the one found by route toward the server's host. Not the connection file's --ip, which "
+        "the file overrides and which names the server's side.",
+    )
+    allow_unencrypted_across_nodes = Bool(
+        False,
+        config=True,
+        help="Bind the client's sockets on a routable address without CurveZMQ keys: code and outputs then "
+        "cross the network in plain text, readable and forgeable by anyone on it.",
+    )
     prelaunched = Any(None, help="(manager, runtime folder) of an inner kernel launched before the app.")
+    #: the server's addresses when the provisioner asked for a report of where the proxy is (see reach)
+    report_to: list[str] | None = None
 
     kernel = Any()
     #: the channels, each with a ``<name>_port`` trait
@@ -102,9 +119,12 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         except kernelspec.SpecError as e:
             self.log.critical("%s", e)
             self.exit(2)
+        self.report_to = reach.requested(os.environ)
         self.init_connection_file()
+        self.init_reach()
         self.init_sockets()
         self.write_connection_file()
+        self.report()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.kernel = ProxyKernel.instance(
             parent=self,
@@ -129,6 +149,14 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         try:
             self.connection_file = filefind(self.connection_file, [".", jupyter_runtime_dir()])
         except OSError:
+            if self.report_to is not None:
+                self.log.critical(
+                    "%s cannot see the connection file %s: give Jupyter a runtime folder shared with the node "
+                    "(JUPYTER_RUNTIME_DIR in the Jupyter server's environment)",
+                    socket.gethostname(),
+                    self.connection_file,
+                )
+                self.exit(2)
             Path(self.connection_file).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             return
         try:
@@ -136,6 +164,63 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         except Exception as e:
             self.log.critical("Cannot read the connection file %s: %s", self.connection_file, e)
             self.exit(1)
+
+    def init_reach(self) -> None:
+        """Across nodes: bind on this node's address toward the server, on ports of its own, encrypted.
+
+        The connection file's ip and ports are the server host's; on another
+        host they are replaced by the address the server reaches and ports
+        picked here, which :meth:`report` tells the server.
+        """
+        if self.report_to is None:
+            return
+        try:
+            ip = self.bind_ip or reach.choose_bind_ip(self.report_to)
+        except reach.ReachError as e:
+            self.log.critical("%s", e)
+            self.exit(2)
+        if ip is None:
+            return
+        try:
+            with socket.socket() as probe:
+                probe.bind((ip, 0))
+        except OSError as e:
+            self.log.critical(
+                "Cannot listen on %s on %s (ProxyKernelApp.bind_ip): %s", ip, socket.gethostname(), e.strerror
+            )
+            self.exit(2)
+        if self.transport != "tcp":
+            self.log.critical(
+                "The kernel runs on another host than the server: use the tcp transport, not %s", self.transport
+            )
+            self.exit(2)
+        routable = not ipaddress.ip_address(ip).is_loopback
+        if routable and self.curve_secretkey is None and not self.allow_unencrypted_across_nodes:
+            self.log.critical(
+                "Refusing to bind on %s without CurveZMQ keys in the connection file (start the kernel with "
+                "inplace_restarter's provisioner, which adds them, or set "
+                "ProxyKernelApp.allow_unencrypted_across_nodes=True to send code and outputs in plain text)",
+                ip,
+            )
+            self.exit(2)
+        self.ip = ip
+        for name in self.ports:
+            setattr(self, f"{name}_port", 0)
+
+    def report(self) -> None:
+        """Tell the server where the client's sockets are: one signed line, written at once, on stdout."""
+        if self.report_to is None:
+            return
+        info = {
+            "ip": self.ip,
+            "transport": self.transport,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            **{f"{name}_port": getattr(self, f"{name}_port") for name in self.ports},
+        }
+        line = reach.report_line(info, self.session.key, self.session.signature_scheme)
+        # One write: the inner kernel shares this stdout, and a pipe keeps a write this short whole.
+        os.write(sys.stdout.fileno(), (line + "\n").encode())
 
     def init_sockets(self) -> None:
         if self.curve_secretkey is not None:
@@ -150,9 +235,9 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         self.shell_socket, self.stdin_socket, self.control_socket = (
             self._bound(zmq.ROUTER, name) for name in ("shell", "stdin", "control")
         )
-        for socket in (self.shell_socket, self.stdin_socket, self.control_socket):
+        for router in (self.shell_socket, self.stdin_socket, self.control_socket):
             # ipykernel#270: a client that reconnects with the same identity takes over.
-            socket.router_handover = 1
+            router.router_handover = 1
         self.iopub = IOPubRelay(self._bound(zmq.XPUB, "iopub"), self.session, self.context)
         self.iopub.start()
         # Its own context, as ipykernel's: the heartbeat must not wait on the GIL.
@@ -237,8 +322,8 @@ python -m inplace_restarter list|install|remove|wizard --help"""
             self.control_thread.stop()
             self.control_thread.join()
         self.iopub.stop()
-        for socket in (self.shell_socket, self.stdin_socket, self.control_socket, self.iopub.socket):
-            socket.close()
+        for client_socket in (self.shell_socket, self.stdin_socket, self.control_socket, self.iopub.socket):
+            client_socket.close()
         self.context.term()
         self.heartbeat.context.term()
 

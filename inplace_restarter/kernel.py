@@ -317,10 +317,12 @@ class ProxyKernel(WrapperKernelBase):
     async def _relay(self, msg: list, idents: list, frames: list, request: dict) -> None:
         """A request the inner kernel answers: a ``%restart`` cell, an aborted one and a malformed one excepted.
 
-        A request of the main shell that ipykernel would refuse before
-        replying (its content or metadata not an object, a cell without
-        code) takes ipykernel's dispatch, as do ``%restart`` cells
-        (:meth:`do_execute`) and cells a failed cell aborts.  A cell after
+        A request of the main shell that ipykernel refuses before replying
+        (its content not an object; a cell without code, or with metadata
+        that is not an object) takes ipykernel's dispatch, which refuses it
+        as the inner kernel would, as do ``%restart`` cells
+        (:meth:`do_execute`) and cells a failed cell aborts.  A subshell's
+        requests all go to the inner kernel, which orders them.  A cell after
         the inner kernel died while idle shows the notice first, under the
         proxy's own status.
         """

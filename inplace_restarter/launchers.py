@@ -44,6 +44,8 @@ class Launcher:
     positionals: int = 0
     #: whether options are getopt style (``-N1``, ``--nodes 1``) or single-dash words (``-np 2``)
     getopt: bool = True
+    #: whether it may run the command on another host than its own (then the proxy reports where it is: see reach)
+    remote: bool = False
 
     @property
     def is_container(self) -> bool:
@@ -54,6 +56,7 @@ SRUN = Launcher(
     "srun",
     "job",
     passes_sigint=False,
+    remote=True,
     short_values="ABbCcDdeGiJLMmNnopqrSTtWwx",
     long_flags=frozenset(
         [
@@ -134,9 +137,13 @@ _MPI_VALUES = frozenset(
     ]
 )
 _MPI_PAIRS = frozenset(["-mca", "--mca", "-gmca", "--gmca", "-genv", "-env", "--genv", "--env"])
-MPIRUN = Launcher("mpirun", "job", passes_sigint=False, long_values=_MPI_VALUES, long_pairs=_MPI_PAIRS, getopt=False)
-MPIEXEC = Launcher("mpiexec", "job", passes_sigint=False, long_values=_MPI_VALUES, long_pairs=_MPI_PAIRS, getopt=False)
-SSH = Launcher("ssh", "login", passes_sigint=False, short_values="BbcDEeFIiJLlmOoPpQRSWw", positionals=1)
+MPIRUN = Launcher(
+    "mpirun", "job", passes_sigint=False, remote=True, long_values=_MPI_VALUES, long_pairs=_MPI_PAIRS, getopt=False
+)
+MPIEXEC = Launcher(
+    "mpiexec", "job", passes_sigint=False, remote=True, long_values=_MPI_VALUES, long_pairs=_MPI_PAIRS, getopt=False
+)
+SSH = Launcher("ssh", "login", passes_sigint=False, remote=True, short_values="BbcDEeFIiJLlmOoPpQRSWw", positionals=1)
 _CONTAINER_FLAGS = frozenset(
     [
         "nv",
@@ -188,7 +195,8 @@ SINGULARITY = Launcher(
     subcommand="exec",
     positionals=1,
 )
-#: remote_ikernel with a batch interface: it runs ``--kernel_cmd`` in an interactive job it starts.
+#: remote_ikernel with a batch interface: it runs ``--kernel_cmd`` in an interactive job it starts, and
+#: reaches the kernel through ssh tunnels of its own (so it is not ``remote`` here).
 REMOTE_IKERNEL = Launcher("remote_ikernel", "job", passes_sigint=False)
 LAUNCHERS = {launcher.name: launcher for launcher in (SRUN, MPIRUN, MPIEXEC, SSH, APPTAINER, SINGULARITY)}
 #: remote_ikernel's interfaces that start a batch job (the others, local and ssh, hold no job)

@@ -18,6 +18,22 @@ launched keep running instead:
   proxy that exits, does not answer within ``reply_timeout``, or has died)
   the restart is jupyter_client's ordinary one, as is ``restart_kernel(now=True)``.
 
+Across nodes (a proxied spec whose launcher may run the kernel on another
+host: srun, mpirun, ssh), the proxy tells where it listens (see reach):
+
+- ``pre_launch`` gives the manager CurveZMQ keys if it has none, before the
+  connection file is written, and asks the proxy for a report through
+  :data:`reach.ENV_NAME`, which carries this host's addresses.
+- ``launch_kernel`` starts the launcher with its stdout and stderr read by
+  :class:`reach.LaunchWatch` and waits, up to ``launch_timeout`` and while
+  the launcher lives, for the proxy's signed report; it logs a Slurm job
+  that waits in the queue, and stops the launcher (its job with it) when it
+  gives up.  The report's ip and ports become the connection info, which
+  jupyter_client writes to the server's connection file.
+- A relaunch puts the server's own ip (and ports) back in the manager first:
+  ``LocalProvisioner`` launches only on a local interface, and a proxy that
+  lands on the server's host binds what the connection file says.
+
 Kernels that are not proxied get no variable and no waiting: exactly a
 ``LocalProvisioner``.
 """
@@ -26,14 +42,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import time
 import typing as t
+from contextlib import suppress
 
 import zmq
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Float
+from traitlets import Float, Unicode
 
-from . import launchers
+from . import launchers, reach
+from .inner import _stop_with_parent
 from .launchers import LAUNCHER_GRACE
 
 #: the provisioner's name in the ``jupyter_client.kernel_provisioners`` entry points
@@ -67,25 +87,155 @@ class InPlaceProvisioner(LocalProvisioner):
         "the restart falls back to the ordinary one (shut down, launch again).",
     )
 
+    launch_timeout = Float(
+        300.0,
+        config=True,
+        help="Seconds a proxied kernel behind a launcher that may run it on another host (srun, mpirun, ssh) "
+        "has to report where it listens, time in the batch queue included; then the launch fails and the "
+        "launcher is stopped, its job with it.",
+    )
+    server_ip = Unicode(
+        "",
+        config=True,
+        help="The address of this (the Jupyter server's) host that compute nodes reach, or several, comma "
+        "separated, in order of preference: the proxy on the node takes the first it has a route to. By "
+        "default every public IPv4 address of the host is offered.",
+    )
+
     #: between the proxy's answer and the relaunch: the proxy restarts itself, nothing is done to it
     in_place = False
+    #: the server-side ip and ports the manager had before a remote proxy's report replaced them
+    _local: dict | None = None
+    #: the launcher's stdout and stderr, read while it runs
+    _watch: reach.LaunchWatch | None = None
 
     @property
     def proxied(self) -> bool:
         return is_proxied(self.kernel_spec.metadata if self.kernel_spec else None)
+
+    @property
+    def reports(self) -> bool:
+        """Whether the proxy may run on another host (behind srun, mpirun, ssh), so it reports where it listens."""
+        if not self.proxied or self.parent is None:
+            return False
+        return any(launcher.remote for launcher in launchers.parse(self.kernel_spec.argv).launchers)
 
     async def pre_launch(self, **kwargs: t.Any) -> dict[str, t.Any]:
         if self.proxied:
             # As the base does: no env means the server's own environment.
             env = kwargs.get("env")
             kwargs["env"] = {**(os.environ if env is None else env), ENV_NAME: "1"}
-        return await super().pre_launch(**kwargs)
+            if self.reports:
+                kwargs["env"][reach.ENV_NAME] = ",".join(reach.server_ips(self.server_ip))
+        if not self.reports:
+            return await super().pre_launch(**kwargs)
+        manager = self.parent
+        if manager.curve_publickey is None:
+            manager.curve_publickey, manager.curve_secretkey = zmq.curve_keypair()
+        reached = dict(self.connection_info) if self._local is not None else None
+        if reached is not None:
+            manager.ip = self._local["ip"]
+            if not self.in_place:
+                for name in reach.PORTS:
+                    setattr(manager, name, self._local[name])
+                manager.cleanup_connection_file()
+        kwargs = await super().pre_launch(**kwargs)
+        if self._local is None:
+            self._local = {name: self.connection_info[name] for name in reach.FIELDS}
+        if self.in_place and reached is not None:
+            manager.ip = reached["ip"]
+            self.connection_info = reached
+        return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: t.Any) -> KernelConnectionInfo:
         if self.in_place:
             self.in_place = False
             return self.connection_info
-        return await super().launch_kernel(cmd, **kwargs)
+        if not self.reports:
+            return await super().launch_kernel(cmd, **kwargs)
+        return await self._launch_reporting(cmd, **kwargs)
+
+    async def _launch_reporting(self, cmd: list[str], **kwargs: t.Any) -> KernelConnectionInfo:
+        """Launch a proxy that may land on another host; its report's ip and ports are the connection info.
+
+        The launcher gets SIGTERM (on which srun ends its job) when the server
+        dies, even by SIGKILL: ``PR_SET_PDEATHSIG``, set in the child between
+        fork and exec.  That signal follows the *thread* that forked, not the
+        process: jupyter_client launches from the thread running the
+        manager's event loop, which in a Jupyter server lives as long as the
+        server; a manager driven from a short-lived thread would take its
+        kernels down with that thread.
+        """
+        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_stop_with_parent)
+        started = time.monotonic()
+        await super().launch_kernel(cmd, **kwargs)
+        report = await self._wait_for_report(cmd[0])
+        self.connection_info = {**self.connection_info, **{name: report[name] for name in reach.FIELDS}}
+        self.log.info(
+            "Kernel %s: the proxy listens on %s (%s), ports %s; %.1f s after launch",
+            self.kernel_id,
+            report.get("hostname", "?"),
+            report["ip"],
+            ", ".join(str(report[name]) for name in reach.PORTS),
+            time.monotonic() - started,
+        )
+        return self.connection_info
+
+    async def _wait_for_report(self, launcher: str) -> dict:
+        """The proxy's report, read off the launcher's stdout; RuntimeError, launcher stopped, if none comes."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def notify() -> None:
+            with suppress(RuntimeError):
+                loop.call_soon_threadsafe(changed.set)
+
+        manager = self.parent
+        self._watch = watch = reach.LaunchWatch(
+            self.process, manager.session.key, manager.session.signature_scheme, notify
+        )
+        deadline = loop.time() + self.launch_timeout
+        logged = None
+        while watch.report is None:
+            changed.clear()
+            if watch.queued and watch.job != logged:
+                logged = watch.job
+                self.log.info(
+                    "Kernel %s: Slurm job %s is pending (queued and waiting for resources); "
+                    "waiting up to %.0f s for it to start (InPlaceProvisioner.launch_timeout)",
+                    self.kernel_id,
+                    watch.job,
+                    max(0.0, deadline - loop.time()),
+                )
+            if self.process.poll() is not None or watch.ended:
+                await self._give_up(f"{launcher} exited before the proxy said where it listens")
+            if loop.time() >= deadline:
+                await self._give_up(
+                    f"the proxy did not say where it listens within {self.launch_timeout:g} s "
+                    f"(InPlaceProvisioner.launch_timeout){f', Slurm job {watch.job}' if watch.job else ''}"
+                )
+            with suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(1.0, max(0.0, deadline - loop.time())))
+        return watch.report
+
+    async def _give_up(self, what: str) -> t.NoReturn:
+        """Stop the launcher (its job with it), then raise one line: what happened and the launcher's last words."""
+        launcher = self.process.args[0] if self.process is not None else "the launcher"
+        await self.kill()
+        await self.wait()
+        watch = self._watch
+        if watch is not None:
+            await asyncio.to_thread(watch.join, 5)
+        last = watch.last_words if watch is not None else ""
+        raise RuntimeError(
+            f"Kernel {self.kernel_id} did not start: {what}" + (f"; last line from {launcher}: {last}" if last else "")
+        )
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """As LocalProvisioner's, returning the ports it took on this host, not the node's."""
+        if not restart and self._local is not None:
+            self.connection_info = {**self.connection_info, **self._local}
+        await super().cleanup(restart=restart)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         if restart and self.proxied and self.process is not None and self.process.poll() is None:

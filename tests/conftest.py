@@ -6,28 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import running
-from .slurm import slurm, slurm_cluster, slurm_memory, slurm_memory_cluster  # noqa: F401  (fixtures for the tests that run kernels in Slurm jobs)
-from .spec_helpers import direct, proxied, write_spec
+from .helpers import private_jupyter_dirs, running
+from .slurm import (  # noqa: F401  (fixtures for Slurm jobs)
+    multinode,
+    multinode_cluster,
+    on_node2,
+    slurm,
+    slurm_cluster,
+    slurm_memory,
+    slurm_memory_cluster,
+)
+from .spec_helpers import proxied, with_provisioner, write_direct_and_proxied, write_spec
 
 
 @pytest.fixture(autouse=True)
 def jupyter_dirs(tmp_path_factory, monkeypatch):
     """Point every Jupyter and IPython folder at a fresh temporary tree."""
-    root = tmp_path_factory.mktemp("jupyter")
-    dirs = {
-        "JUPYTER_PATH": root / "path",
-        "JUPYTER_DATA_DIR": root / "data",
-        "JUPYTER_RUNTIME_DIR": root / "runtime",
-        "JUPYTER_CONFIG_DIR": root / "config",
-        "IPYTHONDIR": root / "ipython",
-    }
-    for name, path in dirs.items():
-        path.mkdir()
-        monkeypatch.setenv(name, str(path))
-    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
-    monkeypatch.delenv("JUPYTER_CONFIG_PATH", raising=False)
-    return dirs
+    return private_jupyter_dirs(tmp_path_factory.mktemp("jupyter"), monkeypatch)
 
 
 @pytest.fixture
@@ -41,8 +36,7 @@ def kernels_dir(jupyter_dirs) -> Path:
 @pytest.fixture
 def specs(kernels_dir) -> None:
     """The ``direct`` ipykernel and the same kernel ``proxied``."""
-    write_spec(kernels_dir, "direct", direct())
-    write_spec(kernels_dir, "proxied", proxied())
+    write_direct_and_proxied(kernels_dir)
 
 
 @pytest.fixture
@@ -50,3 +44,24 @@ def proxy(specs):
     """A running proxied kernel: ``(KernelManager, BlockingKernelClient)``."""
     with running("proxied") as pair:
         yield pair
+
+
+@pytest.fixture
+def proxy_with(kernels_dir):
+    """A proxied kernel with these options: ``with proxy_with("--standby") as (km, kc):``.
+
+    ``options`` go on the proxy's argv (traitlets options and flags),
+    ``fields`` into its kernel.json, ``provisioner`` (the provisioner's
+    config) names the package's provisioner there; the other keywords go to
+    :func:`running`, which starts the kernel and stops it after the ``with``.
+    """
+
+    def start(*options: str, fields: dict | None = None, provisioner: dict | None = None, **launch):
+        spec = proxied(**(fields or {}))
+        spec["argv"] += options
+        if provisioner is not None:
+            spec = with_provisioner(spec, **provisioner)
+        write_spec(kernels_dir, "proxied-with", spec)
+        return running("proxied-with", **launch)
+
+    return start

@@ -1,4 +1,4 @@
-"""What the tests share: waiting for a marker, the processes a test started, kernels and their messages.
+"""What the tests share: Jupyter folders, waiting for a marker, the processes a test started, kernels, messages.
 
 Kernelspec folders (sample specs, writing and reading kernel.json, CLI runs)
 are tests/spec_helpers.py's concern.
@@ -39,6 +39,26 @@ def needs(available: object, what: str) -> None:
     """``unavailable(what)`` unless ``available``."""
     if not available:
         unavailable(what)
+
+
+# --- private Jupyter folders ---------------------------------------------------------------
+
+
+def private_jupyter_dirs(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Point every Jupyter and IPython folder at a fresh tree below ``root``; the folders by variable."""
+    dirs = {
+        "JUPYTER_PATH": root / "path",
+        "JUPYTER_DATA_DIR": root / "data",
+        "JUPYTER_RUNTIME_DIR": root / "runtime",
+        "JUPYTER_CONFIG_DIR": root / "config",
+        "IPYTHONDIR": root / "ipython",
+    }
+    for name, path in dirs.items():
+        path.mkdir()
+        monkeypatch.setenv(name, str(path))
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    monkeypatch.delenv("JUPYTER_CONFIG_PATH", raising=False)
+    return dirs
 
 
 # --- waiting for a marker ------------------------------------------------------------------

@@ -11,6 +11,7 @@ import venv
 from pathlib import Path
 
 from inplace_restarter.kernelspec import wrapped
+from inplace_restarter.provisioner import PROVISIONER_NAME
 
 #: The kernel used directly and behind the proxy throughout the tests.
 IPYKERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -56,6 +57,15 @@ def proxied(inner_argv: list[str] = IPYKERNEL_ARGV, **fields) -> dict:
     return wrapped(direct(inner_argv, **{"display_name": "Python (in-place restart)", **fields}), sys.executable)
 
 
+def with_provisioner(spec: dict, **config) -> dict:
+    """``spec`` naming the package's provisioner (with ``config``), as a spec may where the package is installed."""
+    spec["metadata"] = {
+        **spec.get("metadata", {}),
+        "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": config},
+    }
+    return spec
+
+
 def write_spec(kernels_dir: Path, name: str, spec: dict | str) -> Path:
     """A spec folder ``kernels_dir/name`` with a logo; a str is written as the raw kernel.json text."""
     folder = Path(kernels_dir) / name
@@ -64,6 +74,12 @@ def write_spec(kernels_dir: Path, name: str, spec: dict | str) -> Path:
     (folder / "kernel.json").write_text(text, encoding="utf-8")
     (folder / "logo-64x64.png").write_bytes(b"\x89PNG not really")
     return folder
+
+
+def write_direct_and_proxied(kernels_dir: Path) -> None:
+    """The ``direct`` ipykernel spec and the same kernel ``proxied``, side by side."""
+    write_spec(kernels_dir, "direct", direct())
+    write_spec(kernels_dir, "proxied", proxied())
 
 
 def write_specs(kernels_dir: Path, specs: dict[str, dict]) -> dict[str, Path]:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 
 import psutil
 import zmq
 from jupyter_client import BlockingKernelClient
+from jupyter_client.connect import write_connection_file
 from jupyter_client.session import Session
+
+from inplace_restarter import reach
 
 from .helpers import (
     PYTHON,
@@ -24,6 +28,7 @@ from .helpers import (
     wait_for_file,
 )
 from .spec_helpers import IPYKERNEL_ARGV
+from .test_reach import NODE, NOWHERE, PEER, SECOND, in_a_network_namespace
 
 HEAVY = ("IPython.core.interactiveshell", "IPython.terminal", "prompt_toolkit", "jedi")
 
@@ -150,3 +155,123 @@ def test_an_unreadable_connection_file_is_a_one_line_error_and_leaves_no_kernel(
     assert not list(runtime.glob("inplace-restarter-*")), "the inner kernel launched early is gone with its folder"
     inner = [p for p in psutil.process_iter(["cmdline"]) if str(runtime) in " ".join(p.info["cmdline"] or [])]
     processes_gone(inner, "the proxy that failed", timeout=10)
+
+
+def test_asked_for_a_report_the_kernel_says_where_it_listens_in_one_signed_line(jupyter_dirs, tmp_path):
+    """On the server's own host (a route to it is local) the proxy binds what the connection file says."""
+    connection_file, info = write_connection_file(str(tmp_path / "kernel.json"), ip="127.0.0.1", key=b"k3y")
+    env = {**os.environ, reach.ENV_NAME: "127.0.0.1", "JPY_PARENT_PID": str(os.getpid())}
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "inplace_restarter", "-f", connection_file, "--", *IPYKERNEL_ARGV],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        report = reach.parse_report(proc.stdout.readline(), b"k3y", "hmac-sha256")
+        assert report is not None
+        assert {name: report[name] for name in reach.FIELDS} == {name: info[name] for name in reach.FIELDS}
+        assert (report["hostname"], report["pid"]) == (socket.gethostname(), proc.pid)
+    finally:
+        children = descendants(proc.pid)
+        proc.kill()
+        kill(children)
+        proc.wait(timeout=10)
+
+
+def test_asked_for_a_report_without_the_connection_file_it_says_the_node_cannot_see_it(jupyter_dirs, tmp_path):
+    """A compute node whose files differ from the server's: one line that says what to share."""
+    missing = tmp_path / "not-on-this-node" / "kernel-1.json"
+    proc = subprocess.run(
+        [PYTHON, "-m", "inplace_restarter", "-f", str(missing), "--", *IPYKERNEL_ARGV],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, reach.ENV_NAME: "127.0.0.1"},
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "CRITICAL" in line]
+    assert len(errors) == 1, proc.stderr
+    assert f"cannot see the connection file {missing}" in errors[0] and "JUPYTER_RUNTIME_DIR" in errors[0]
+    assert proc.stdout == "" and not missing.parent.exists()
+
+
+#: In a network namespace whose server is at argv[2]: start the proxy and serve a cell, or say how it ended.
+ON_A_NODE = """
+import json, os, subprocess, sys, zmq
+from jupyter_client import BlockingKernelClient
+from jupyter_client.connect import write_connection_file
+from inplace_restarter import reach
+folder, server, curve, options, *kernel = sys.argv[1:]
+keys = zmq.curve_keypair() if curve == "curve" else (None, None)
+connection_file, info = write_connection_file(
+    os.path.join(folder, "kernel.json"), ip="127.0.0.1", key=b"k3y", curve_publickey=keys[0], curve_secretkey=keys[1]
+)
+env = {**os.environ, reach.ENV_NAME: server, "JPY_PARENT_PID": str(os.getpid())}
+proxy = subprocess.Popen(
+    [sys.executable, "-m", "inplace_restarter", "-f", connection_file, *options.split(), "--", *kernel],
+    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+)
+report = reach.parse_report(proxy.stdout.readline(), b"k3y", "hmac-sha256")
+if report is None:
+    proxy.wait(60)
+    print(json.dumps({"exit": proxy.returncode, "stderr": proxy.stderr.read().decode()}))
+    sys.exit()
+kc = BlockingKernelClient()
+kc.load_connection_info({**info, **{k: report[k] for k in reach.FIELDS}})
+kc.start_channels()
+kc.wait_for_ready(timeout=60)
+out = []
+kc.execute_interactive("print('served from the node')", timeout=60, output_hook=lambda m: out.append(m["content"].get("text", "")))
+kc.shutdown()
+proxy.wait(60)
+print(json.dumps({"report": report, "file ports": [info[k] for k in reach.PORTS], "out": "".join(out)}))
+"""
+
+
+def test_on_another_host_the_kernel_binds_its_address_toward_the_server_on_ports_of_its_own(jupyter_dirs, tmp_path):
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "curve", "", *IPYKERNEL_ARGV)
+    report = result["report"]
+    assert report["ip"] == NODE
+    assert not set(result["file ports"]) & {report[name] for name in reach.PORTS}, "the node picks its own ports"
+    assert result["out"] == "served from the node\n"
+
+
+def test_on_another_host_the_kernel_refuses_to_listen_unencrypted(jupyter_dirs, tmp_path):
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "plain", "", *IPYKERNEL_ARGV)
+    assert result["exit"] != 0
+    errors = [line for line in result["stderr"].splitlines() if "CRITICAL" in line]
+    assert len(errors) == 1 and f"Refusing to bind on {NODE} without CurveZMQ keys" in errors[0]
+    assert "ProxyKernelApp.allow_unencrypted_across_nodes" in errors[0]
+
+
+def test_on_another_host_the_kernel_listens_unencrypted_only_when_told_in_so_many_words(jupyter_dirs, tmp_path):
+    told = "--ProxyKernelApp.allow_unencrypted_across_nodes=True"
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "plain", told, *IPYKERNEL_ARGV)
+    assert (result["report"]["ip"], result["out"]) == (NODE, "served from the node\n")
+
+
+def test_an_address_given_to_bind_on_wins_over_the_route(jupyter_dirs, tmp_path):
+    option = f"--ProxyKernelApp.bind_ip={SECOND}"
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "curve", option, *IPYKERNEL_ARGV)
+    assert (result["report"]["ip"], result["out"]) == (SECOND, "served from the node\n")
+
+
+def test_with_no_route_to_the_server_the_kernel_names_the_options_that_fix_it(jupyter_dirs, tmp_path):
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), NOWHERE, "curve", "", *IPYKERNEL_ARGV)
+    assert result["exit"] != 0
+    errors = [line for line in result["stderr"].splitlines() if "CRITICAL" in line]
+    assert (
+        len(errors) == 1
+        and f"no route from {socket.gethostname()} to the Jupyter server's host ({NOWHERE})" in errors[0]
+    )
+    assert "ProxyKernelApp.bind_ip" in errors[0]
+
+
+def test_an_address_to_bind_on_that_is_not_the_nodes_is_a_one_line_error(jupyter_dirs, tmp_path):
+    option = f"--ProxyKernelApp.bind_ip={PEER}"
+    result = in_a_network_namespace(ON_A_NODE, str(tmp_path), PEER, "curve", option, *IPYKERNEL_ARGV)
+    assert result["exit"] == 2
+    errors = [line for line in result["stderr"].splitlines() if "CRITICAL" in line]
+    assert len(errors) == 1 and f"Cannot listen on {PEER} on " in errors[0] and "(ProxyKernelApp.bind_ip)" in errors[0]
+    assert "Traceback" not in result["stderr"]

@@ -15,7 +15,6 @@ from .helpers import (
     stdout_of,
     wait_for_file,
 )
-from .spec_helpers import proxied, write_spec
 
 ECHO_TARGET = """
 def _echo(comm, open_msg):
@@ -98,10 +97,9 @@ def sleeping_cell(started) -> str:
 
 
 @pytest.mark.parametrize("interrupt_mode", ["signal", "message"])
-def test_interrupt_ends_a_sleeping_cell(kernels_dir, tmp_path, interrupt_mode):
+def test_interrupt_ends_a_sleeping_cell(proxy_with, tmp_path, interrupt_mode):
     """How fast is the benchmark's to say; here the cell, which would sleep ten minutes, ends."""
-    write_spec(kernels_dir, "p", proxied(interrupt_mode=interrupt_mode))
-    with running("p") as (km, kc):
+    with proxy_with(fields={"interrupt_mode": interrupt_mode}) as (km, kc):
         msg_id = kc.execute(sleeping_cell(tmp_path / "started"))
         wait_for_file(tmp_path / "started")
         km.interrupt_kernel()

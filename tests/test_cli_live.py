@@ -85,6 +85,7 @@ def test_end_to_end_install_start_restart_remove(jupyter_dirs):
     assert load(folder) == before
 
 
+@pytest.mark.extras
 def test_a_bash_kernel_spec_restarts_in_place(jupyter_dirs):
     needs(importlib.util.find_spec("bash_kernel"), "bash_kernel is needed")
     subprocess.run([sys.executable, "-m", "bash_kernel.install", "--user"], check=True, capture_output=True, timeout=60)
@@ -183,6 +184,7 @@ def interface(request, jupyter_dirs) -> list[str]:
     return ["--interface=ssh", f"--host={host}", f"--remote-precmd=export {exports}"]
 
 
+@pytest.mark.extras
 def test_the_proxy_in_front_of_a_remote_ikernel_spec_relaunches_the_remote_kernel(jupyter_dirs, tmp_path, interface):
     needs(importlib.util.find_spec("remote_ikernel"), "remote_ikernel is needed")
     name = add_remote_ikernel(*interface, "--name=node", f"--kernel_cmd={IPYKERNEL_CMD}")
@@ -198,6 +200,7 @@ def test_the_proxy_in_front_of_a_remote_ikernel_spec_relaunches_the_remote_kerne
     assert load(folder) == before
 
 
+@pytest.mark.extras
 def test_remote_ikernel_launching_a_proxied_spec_restarts_only_the_remote_kernel(jupyter_dirs, tmp_path, interface):
     """The other order: the proxy runs on the compute node, so --resource-dir is a path there."""
     needs(importlib.util.find_spec("remote_ikernel"), "remote_ikernel is needed")

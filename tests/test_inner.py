@@ -60,9 +60,9 @@ def test_a_restarted_kernel_is_also_taken_down_with_the_proxy(specs):
         ended([pid])
 
 
-def test_transport_encryption_from_the_client_is_honoured(kernels_dir):
-    write_spec(kernels_dir, "curve", proxied(metadata={"supported_encryption": "curve"}))
-    with running("curve", manager={"transport_encryption": "required"}) as (km, kc):
+def test_transport_encryption_from_the_client_is_honoured(proxy_with):
+    fields = {"metadata": {"supported_encryption": "curve"}}
+    with proxy_with(fields=fields, manager={"transport_encryption": "required"}) as (km, kc):
         assert km.curve_publickey is not None
         reply, outputs = execute(kc, "print('secret')")
         assert stdout_of(outputs) == "secret\n"

@@ -27,7 +27,6 @@ from .helpers import (
     wait_for_inner_count,
     wait_until,
 )
-from .spec_helpers import proxied, write_spec
 
 
 def test_kernel_info_is_the_inner_kernels(proxy):
@@ -222,11 +221,8 @@ def reply_on(session: Session, socket: zmq.Socket) -> str | None:
 
 
 @pytest.mark.timeout(120)
-def test_with_standby_restart_swaps_to_the_spare_and_cold_starts_anew(kernels_dir):
-    spec = proxied()
-    spec["argv"].append("--standby")
-    write_spec(kernels_dir, "standby", spec)
-    with running("standby") as (km, kc):
+def test_with_standby_restart_swaps_to_the_spare_and_cold_starts_anew(proxy_with):
+    with proxy_with("--standby") as (km, kc):
         execute(kc, "x = 1")
         current = kernel_pid(kc)
         spare = (wait_for_inner_count(km, 2) - {current}).pop()
@@ -276,12 +272,9 @@ def test_a_failed_cell_aborts_the_cells_queued_behind_it_and_no_later_one(specs,
             assert reply_to(kc, later)["content"]["status"] == "ok"
 
 
-def test_debug_logs_every_relayed_message_type_to_stderr(kernels_dir, tmp_path):
-    spec = proxied()
-    spec["argv"].append("--debug")
-    write_spec(kernels_dir, "debug", spec)
+def test_debug_logs_every_relayed_message_type_to_stderr(proxy_with, tmp_path):
     log = tmp_path / "kernel.log"
-    with open(log, "wb") as stderr, running("debug", graceful=True, stderr=stderr) as (_, kc):
+    with open(log, "wb") as stderr, proxy_with("--debug", graceful=True, stderr=stderr) as (_, kc):
         execute(kc, "print(1)")
     text = log.read_text()
     for line in ("-> inner shell execute_request", "<- inner iopub execute_input", "<- inner iopub stream"):

@@ -5,7 +5,8 @@ used directly and to the proxied one, idle and while a cell runs, then an
 ``is_complete_request`` as a marker: the kernel handles shell messages in
 order, so everything the bad message caused has arrived once the marker is
 answered and idle.  What the two kernels sent for the bad message must be the same,
-and both must still run a cell afterwards.
+and both must still run a cell afterwards.  The two kernels serve every case in
+turn, as one kernel meets one bad message after another.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import pytest
 import zmq
 from jupyter_client.session import DELIM, Session
 
-from .helpers import running
-
-pytestmark = pytest.mark.timeout(300)
+from .helpers import private_jupyter_dirs, running
+from .spec_helpers import write_direct_and_proxied
 
 Frames = list[bytes]
 
@@ -182,17 +182,25 @@ def transcript(km, name: str, case: Callable[[RawClient], Frames], busy: bool, t
         client.close()
 
 
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    """The kernel used directly and the proxied one, started once for all cases, in Jupyter folders of their own."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        dirs = private_jupyter_dirs(tmp_path_factory.mktemp("jupyter"), monkeypatch)
+        write_direct_and_proxied(dirs["JUPYTER_PATH"] / "kernels")
+        with running("direct") as (direct_km, _), running("proxied") as (proxied_km, _):
+            yield direct_km, proxied_km
+
+
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
-def test_bad_input_is_refused_as_the_kernel_used_directly_refuses_it_and_the_kernel_goes_on(specs, busy, tmp_path):
-    with running("direct") as (direct_km, _), running("proxied") as (proxied_km, _):
-        differences = {}
-        for name, case in CASES.items():
-            direct, proxied = (transcript(km, name, case, busy, tmp_path) for km in (direct_km, proxied_km))
-            if name.startswith("%restart"):
-                # The kernel used directly has no %restart: both fail the cell with UsageError.
-                direct = [s for s in direct if s[0] not in ("stream", "execute_input")]
-                proxied = [s for s in proxied if s[0] not in ("stream", "execute_input")]
-                assert ("execute_reply", "error", "UsageError") in proxied, name
-            if direct != proxied:
-                differences[name] = (direct, proxied)
-        assert not differences, pformat(differences, width=140)
+def test_bad_input_is_refused_as_the_kernel_used_directly_refuses_it_and_the_kernel_goes_on(
+    kernels, name, busy, tmp_path
+):
+    direct, proxied = (transcript(km, name, CASES[name], busy, tmp_path) for km in kernels)
+    if name.startswith("%restart"):
+        # The kernel used directly has no %restart: both fail the cell with UsageError.
+        direct = [s for s in direct if s[0] not in ("stream", "execute_input")]
+        proxied = [s for s in proxied if s[0] not in ("stream", "execute_input")]
+        assert ("execute_reply", "error", "UsageError") in proxied, name
+    assert direct == proxied, pformat({"direct": direct, "proxied": proxied}, width=140)

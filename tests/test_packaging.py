@@ -10,6 +10,8 @@ import pytest
 
 from .spec_helpers import IPYKERNEL_ARGV, direct, load, venv_seeing_ours, write_spec
 
+pytestmark = pytest.mark.packaging
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -15,21 +15,12 @@ from .helpers import (
     iopub_until_idle,
     marker_cell,
     reply_to,
-    running,
     send,
     stderr_of,
     wait_for_file,
     wait_for_stream,
     wait_until,
 )
-from .spec_helpers import proxied, write_spec
-
-
-def start_proxy(kernels_dir, *options: str, **fields):
-    spec = proxied(**fields)
-    spec["argv"] += list(options)
-    write_spec(kernels_dir, "p", spec)
-    return running("p")
 
 
 def wait_for_new_inner(km, old: int) -> int:
@@ -73,14 +64,14 @@ def test_a_kernel_killed_while_idle_is_restarted_at_once_and_the_next_cell_says_
 
 
 @pytest.mark.parametrize("configured_by", ["kernelspec argv", "Jupyter config file"])
-def test_restarts_stop_past_the_limit_until_the_user_restarts(kernels_dir, jupyter_dirs, configured_by):
+def test_restarts_stop_past_the_limit_until_the_user_restarts(proxy_with, jupyter_dirs, configured_by):
     options = []
     if configured_by == "kernelspec argv":
         options.append("--RescuePolicy.restart_limit=1")
     else:
         config = jupyter_dirs["JUPYTER_CONFIG_DIR"] / "inplace_restarter_config.py"
         config.write_text("c.RescuePolicy.restart_limit = 1\n")
-    with start_proxy(kernels_dir, *options) as (km, kc):
+    with proxy_with(*options) as (km, kc):
         reply, _ = execute(kc, "import os; os._exit(1)")
         assert reply["content"]["evalue"].endswith("it was restarted in place")
         reply, outputs = execute(kc, "import os; os._exit(1)")
@@ -107,8 +98,8 @@ def spinning_ignoring_sigint(started: Path) -> str:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("interrupt_mode", ["signal", "message"])
-def test_a_hung_kernel_is_restarted_by_a_second_interrupt(kernels_dir, tmp_path, interrupt_mode):
-    with start_proxy(kernels_dir, "--RescuePolicy.interrupt_grace=1", interrupt_mode=interrupt_mode) as (km, kc):
+def test_a_hung_kernel_is_restarted_by_a_second_interrupt(proxy_with, tmp_path, interrupt_mode):
+    with proxy_with("--RescuePolicy.interrupt_grace=1", fields={"interrupt_mode": interrupt_mode}) as (km, kc):
         before = inner_pid(km)
         msg_id = kc.execute(spinning_ignoring_sigint(tmp_path / "spinning"))
         wait_for_file(tmp_path / "spinning")
@@ -126,9 +117,9 @@ def test_a_hung_kernel_is_restarted_by_a_second_interrupt(kernels_dir, tmp_path,
 
 
 @pytest.mark.timeout(60)
-def test_a_hung_kernel_can_be_restarted_automatically(kernels_dir, tmp_path):
+def test_a_hung_kernel_can_be_restarted_automatically(proxy_with, tmp_path):
     options = ("--RescuePolicy.interrupt_grace=1", "--RescuePolicy.restart_hung=True")
-    with start_proxy(kernels_dir, *options) as (km, kc):
+    with proxy_with(*options) as (km, kc):
         before = inner_pid(km)
         msg_id = kc.execute(spinning_ignoring_sigint(tmp_path / "spinning"))
         wait_for_file(tmp_path / "spinning")

@@ -15,6 +15,9 @@ import pytest
 from .e2e.conftest import SERVER_EXTENSION_CONFIG
 from .spec_helpers import LEGACY_SPEC, PYTHON_SPEC, run_cli, write_specs
 
+# The command reads the Jupyter server's own config, through jupyter_server.
+pytestmark = pytest.mark.extras
+
 
 @pytest.fixture
 def spec_dirs(jupyter_dirs):

@@ -17,10 +17,9 @@ import pytest
 from inplace_restarter.kernelspec import METADATA_KEY, proxy_argv
 
 from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream
-from .spec_helpers import load, run_cli, write_spec
-from .test_provisioner import with_provisioner
+from .spec_helpers import load, run_cli, with_provisioner, write_spec
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
 SRUN_SPEC = {
     "argv": [
@@ -101,7 +100,7 @@ def test_install_puts_the_proxy_inside_srun_with_interrupts_by_message(srun_spec
     assert load(srun_spec) == before
 
 
-def test_restart_keeps_the_job_and_interrupt_and_shutdown_leave_no_job(srun_spec, slurm):
+def test_restart_keeps_the_job_and_interrupt_and_shutdown_leave_no_job(srun_spec, slurm, record_property):
     installed()
     with running_in_job(slurm) as (km, kc):
         job, pid, _ = where(kc)
@@ -114,7 +113,7 @@ def test_restart_keeps_the_job_and_interrupt_and_shutdown_leave_no_job(srun_spec
             new_job, new_pid, _ = where(kc)
         assert (new_job, watch.seen) == (job, {job}), "one job, the same, throughout the restart"
         assert new_pid != pid
-        print(f"%restart inside srun: {restart_seconds:.2f} s")
+        record_property("restart_in_job_s", round(restart_seconds, 2))
 
         msg_id = kc.execute(SLEEPING)
         wait_for_stream(kc, msg_id, "sleeping")
@@ -122,7 +121,8 @@ def test_restart_keeps_the_job_and_interrupt_and_shutdown_leave_no_job(srun_spec
         reply = reply_to(kc, msg_id, timeout=30)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         assert where(kc)[:2] == (job, new_pid), "the interrupt stopped the cell, not the kernel"
-    print(f"queue empty {slurm.wait_for_empty_queue(15):.1f} s after shutdown")
+    # The queue empties (within 15 s, or the test fails); how soon is for the record (--junitxml).
+    record_property("queue_empty_after_shutdown_s", round(slurm.wait_for_empty_queue(15), 1))
 
 
 def test_a_hung_kernel_is_rescued_inside_the_job_and_shutdown_leaves_no_job(srun_spec, slurm):
@@ -175,7 +175,7 @@ def test_outside_srun_restart_starts_a_new_job_and_the_old_one_ends(srun_spec, s
     slurm.wait_for_empty_queue(15)
 
 
-def test_a_kill_of_a_kernel_the_provisioner_started_in_a_job_ends_the_job(srun_spec, slurm):
+def test_a_kill_of_a_kernel_the_provisioner_started_in_a_job_ends_the_job(srun_spec, slurm, record_property):
     """Jupyter's forced shutdown (``now=True``) stops srun by its leader, so the job ends instead of running on."""
     installed()
     spec = load(srun_spec)
@@ -183,4 +183,4 @@ def test_a_kill_of_a_kernel_the_provisioner_started_in_a_job_ends_the_job(srun_s
     with running_in_job(slurm, graceful=False) as (km, kc):
         job, _, _ = where(kc)
         assert [j["id"] for j in slurm.jobs()] == [job]
-    print(f"queue empty {slurm.wait_for_empty_queue(15):.1f} s after a forced shutdown")
+    record_property("queue_empty_after_forced_shutdown_s", round(slurm.wait_for_empty_queue(15), 1))

@@ -1,5 +1,7 @@
 """Real Jupyter clients against a proxied kernel, and fixtures that always stop them.
 
+The clients' own packages (nbformat, nbclient, Playwright) are imported where a
+test uses them, so that ``-m "not e2e"`` collects this folder without them.
 Every test here starts what it uses (a Jupyter server, Chromium, a terminal) in the
 private Jupyter folders of the root conftest, and stops it in the fixture's teardown.
 A server or browser that fails to start fails the test: nothing here skips.
@@ -21,7 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from ..helpers import descendants, free_port, processes_gone, wait_until
@@ -60,6 +61,8 @@ def proxied_kernel(jupyter_dirs) -> str:
 
 def write_notebook(path: Path, sources: list[str], kernel_name: str = KERNEL_NAME) -> Path:
     """A notebook of code cells that opens on ``kernel_name`` without asking."""
+    import nbformat
+
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": kernel_name, "display_name": DISPLAY_NAME, "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
@@ -219,6 +222,14 @@ def browser_page(tmp_path):
         finally:
             context.close()
     processes_gone(started, "the browser")
+
+
+@pytest.fixture
+def expect():
+    """Playwright's ``expect``; imported here, so that a run that deselects the e2e tests needs no Playwright."""
+    from playwright.sync_api import expect
+
+    return expect
 
 
 class NotebookPage:

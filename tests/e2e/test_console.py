@@ -19,7 +19,7 @@ import pytest
 from ..helpers import descendants, processes_gone, wait_until
 from .conftest import RESTART_MESSAGE
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 PROMPT = re.compile(r"\nIn \[\d+\]:$")
 

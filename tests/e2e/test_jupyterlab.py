@@ -12,12 +12,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import expect
 
 from ..helpers import wait_for_file
 from .conftest import DISPLAY_NAME, RESTART_MESSAGE, open_notebook
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def pid_of(text: str) -> int:
     return int(match.group(1))
 
 
-def test_restart_shows_message_and_leaves_a_fresh_idle_kernel(lab_notebook, tmp_path):
+def test_restart_shows_message_and_leaves_a_fresh_idle_kernel(lab_notebook, tmp_path, expect):
     nb = lab_notebook(
         [
             "x = 1\nimport os\nprint(f'pid={os.getpid()}')",
@@ -69,7 +68,7 @@ def test_restart_shows_message_and_leaves_a_fresh_idle_kernel(lab_notebook, tmp_
     assert kernel_after["execution_state"] == "idle"
 
 
-def test_input_box_after_restart_answers_the_new_kernel(lab_notebook):
+def test_input_box_after_restart_answers_the_new_kernel(lab_notebook, expect):
     nb = lab_notebook(["%restart", "name = input('Your name? ')\nprint('hello', name)"])
     nb.run(0)
     expect(nb.output(0)).to_contain_text(RESTART_MESSAGE)
@@ -84,7 +83,7 @@ def test_input_box_after_restart_answers_the_new_kernel(lab_notebook):
     expect(nb.output(1)).to_contain_text("hello Ada")
 
 
-def test_interrupt_button_stops_a_sleeping_cell_after_restart(lab_notebook):
+def test_interrupt_button_stops_a_sleeping_cell_after_restart(lab_notebook, expect):
     nb = lab_notebook(["%restart", "import time\ntime.sleep(60)", "print('still', 'here')"])
     nb.run(0)
     expect(nb.output(0)).to_contain_text(RESTART_MESSAGE)
@@ -101,7 +100,7 @@ def test_interrupt_button_stops_a_sleeping_cell_after_restart(lab_notebook):
     expect(nb.output(2)).to_have_text("still here")
 
 
-def test_old_slider_goes_away_and_a_new_one_is_bound_to_the_new_kernel(lab_notebook):
+def test_old_slider_goes_away_and_a_new_one_is_bound_to_the_new_kernel(lab_notebook, expect):
     nb = lab_notebook(
         [
             "import ipywidgets\nold = ipywidgets.IntSlider(value=7)\nold",
@@ -131,7 +130,7 @@ def test_old_slider_goes_away_and_a_new_one_is_bound_to_the_new_kernel(lab_noteb
         expect(nb.output(3)).to_have_text(f"value {value}")
 
 
-def test_the_restart_kernel_command_restarts_in_place(restart_button_enabled, lab_notebook):
+def test_the_restart_kernel_command_restarts_in_place(restart_button_enabled, lab_notebook, expect):
     """Lab's own Restart Kernel (toolbar button, confirmed) with the server extension enabled."""
     pids = "import os\nprint(f'pid={os.getpid()} proxy={os.getppid()}')"
     nb = lab_notebook([f"x = 1\n{pids}", "x", pids])
@@ -163,7 +162,7 @@ def proxy_of(text: str) -> int:
     return int(match.group(1))
 
 
-def test_a_subshell_console_answers_while_a_notebook_cell_runs_also_after_restart(lab_notebook, tmp_path):
+def test_a_subshell_console_answers_while_a_notebook_cell_runs_also_after_restart(lab_notebook, tmp_path, expect):
     def waiting_cell(n: int) -> str:
         started, release = tmp_path / f"started-{n}", tmp_path / f"release-{n}"
         return (

@@ -12,13 +12,11 @@ import re
 import subprocess
 import sys
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from .conftest import RESTART_MESSAGE, write_notebook
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 CELLS = [
     "x = 1\nimport os\nprint('before', os.getpid())",
@@ -52,6 +50,9 @@ def check_executed(nb) -> None:
 
 
 def test_nbclient_runs_a_notebook_with_restarts_start_to_end(proxied_kernel, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
     path = write_notebook(tmp_path / "restarts.ipynb", CELLS, proxied_kernel)
     nb = nbformat.read(path, as_version=4)
 
@@ -63,6 +64,8 @@ def test_nbclient_runs_a_notebook_with_restarts_start_to_end(proxied_kernel, tmp
 
 
 def test_nbconvert_execute_saves_every_output_in_order(proxied_kernel, tmp_path):
+    import nbformat
+
     path = write_notebook(tmp_path / "restarts.ipynb", CELLS, proxied_kernel)
 
     subprocess.run(

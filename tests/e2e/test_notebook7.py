@@ -7,14 +7,13 @@ widget; a user of either sees the restart message, a fresh kernel, and nothing a
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import expect
 
 from .conftest import RESTART_MESSAGE, open_notebook
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
-def test_restart_in_notebook7(notebook7_server, browser_page):
+def test_restart_in_notebook7(notebook7_server, browser_page, expect):
     nb = open_notebook(browser_page, notebook7_server, "/notebooks", ["x = 1", "%restart", "x", "'back'"])
     nb.run(0)
 

@@ -20,7 +20,7 @@ from ..spec_helpers import run_cli, write_spec
 from ..test_slurm import SRUN_SPEC, QueueWatch, where
 from .conftest import KERNEL_NAME, jupyter_server
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
 def kernel_processes(server) -> tuple[int, set[int]]:
@@ -103,6 +103,7 @@ def python_without_the_package(tmp_path_factory) -> str:
     return python
 
 
+@pytest.mark.packaging
 @pytest.mark.timeout(900)
 def test_a_server_without_the_package_starts_and_restarts_the_spec_the_ordinary_way(
     python_without_the_package, restart_button_enabled, proxied_kernel, jupyter_dirs, tmp_path
@@ -116,6 +117,7 @@ def test_a_server_without_the_package_starts_and_restarts_the_spec_the_ordinary_
         assert not psutil.pid_exists(proxy) or psutil.Process(proxy).status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slurm
 def test_rest_restart_of_a_kernel_in_a_slurm_job_keeps_the_job(restart_button_enabled, slurm, jupyter_dirs, tmp_path):
     """On the single-node Slurm cluster: the server's restart keeps SLURM_JOB_ID, deleting the kernel ends the job."""
     write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "slurm-py", SRUN_SPEC)

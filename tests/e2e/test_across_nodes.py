@@ -1,0 +1,181 @@
+"""A real Jupyter server on the login node drives a notebook whose kernel runs on node2.
+
+On the multi-node test cluster (tests/slurm.py) the test process is a login
+node.  The server runs there as a user starts it: ``jupyter_server`` (or
+``jupyterlab``), the package's server extension enabled as pip enables it, so
+the package's provisioner is the default, and a user's ``srun -w node2`` spec
+put through ``install``, with no provisioner named in it and no address
+configured.  Clients speak to the server only: REST and the kernel's
+websocket (cells, ``%restart``, the REST restart and interrupt, DELETE), or
+JupyterLab in headless Chromium.  Restarts in place keep job, node and proxy;
+the job ends with the kernel.  (A server killed by SIGKILL leaving no job is
+tests/test_across_nodes.py's, with this real server too.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import websocket
+from jupyter_client.jsonutil import json_default
+from jupyter_client.session import Session
+from playwright.sync_api import expect
+
+from ..helpers import is_idle, stdout_of
+from ..slurm import WHERE, job_spec
+from ..spec_helpers import run_cli, write_spec
+from .conftest import DISPLAY_NAME, KERNEL_NAME, RESTART_MESSAGE, jupyter_server, open_notebook
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def node2_spec(restart_button_enabled, jupyter_dirs, multinode):
+    """A user's srun spec for node2, installed; the server's environment makes the provisioner the default."""
+    spec = job_spec()
+    spec["display_name"] = DISPLAY_NAME
+    write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", KERNEL_NAME, spec)
+    done = run_cli("install", KERNEL_NAME)
+    assert done.returncode == 0, done.stderr
+    return multinode
+
+
+class KernelSocket:
+    """A notebook's view of a kernel: the server's websocket ``/api/kernels/{id}/channels``, JSON messages."""
+
+    def __init__(self, server, kernel_id: str):
+        url = server.base_url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
+        self.ws = websocket.create_connection(
+            f"{url}?session_id={uuid.uuid4()}", header=[f"Authorization: token {server.token}"], timeout=120
+        )
+        self.session = Session()
+
+    def close(self) -> None:
+        self.ws.close()
+
+    def send(self, channel: str, msg_type: str, content: dict) -> str:
+        msg = self.session.msg(msg_type, content)
+        self.ws.send(json.dumps({**msg, "channel": channel, "buffers": []}, default=json_default))
+        return msg["header"]["msg_id"]
+
+    def run(self, code: str) -> str:
+        """Ask for ``code`` to run, as a notebook does; the request's msg_id."""
+        return self.send("shell", "execute_request", {"code": code, "silent": False, "store_history": True})
+
+    def until(self, msg_id: str, done: Callable[[list[dict]], bool], timeout: float = 120) -> list[dict]:
+        """The messages (any channel) answering ``msg_id`` as they come, up to where ``done`` says so."""
+        deadline = time.monotonic() + timeout
+        seen: list[dict] = []
+        while not done(seen):
+            self.ws.settimeout(max(deadline - time.monotonic(), 0.01))
+            msg = json.loads(self.ws.recv())
+            if msg["parent_header"].get("msg_id") == msg_id:
+                seen.append(msg)
+        return seen
+
+    def execute(self, code: str, timeout: float = 120) -> tuple[dict, list[dict]]:
+        """Run ``code``: its execute_reply and its iopub messages, once both the reply and idle are in."""
+        seen = self.until(self.run(code), lambda seen: replied(seen) and any(map(is_idle, seen)), timeout)
+        return replied(seen), [m for m in seen if m["channel"] == "iopub"]
+
+    def where(self) -> tuple[str, str, int, int]:
+        """The kernel's host, job id, pid and the proxy's pid."""
+        reply, outputs = self.execute(WHERE)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        host, job, pid, proxy = stdout_of(outputs).split()
+        return host, job, int(pid), int(proxy)
+
+
+def replied(seen: list[dict]) -> dict | None:
+    return next((m for m in seen if m["channel"] == "shell"), None)
+
+
+@contextmanager
+def kernel_socket(server, kernel_id: str):
+    ws = KernelSocket(server, kernel_id)
+    try:
+        yield ws
+    finally:
+        ws.close()
+
+
+def connection_ip(jupyter_dirs, kernel_id: str) -> str:
+    """The address the server's connection file gives its clients."""
+    path = Path(jupyter_dirs["JUPYTER_RUNTIME_DIR"]) / f"kernel-{kernel_id}.json"
+    return json.loads(path.read_text())["ip"]
+
+
+def test_rest_and_websocket_drive_a_kernel_on_node2_through_both_restarts_and_an_interrupt(
+    node2_spec, jupyter_dirs, tmp_path
+):
+    cluster = node2_spec
+    with jupyter_server("jupyter_server", tmp_path) as server:
+        kernel = server.api("/api/kernels", "POST", {"name": KERNEL_NAME})
+        with kernel_socket(server, kernel["id"]) as ws:
+            host, job, pid, proxy = ws.where()
+            assert host == "node2"
+            assert [j["id"] for j in cluster.jobs()] == [job]
+            assert connection_ip(jupyter_dirs, kernel["id"]) == cluster.address("node2")
+            assert ws.execute("x = 1")[0]["content"]["status"] == "ok"
+
+            reply, outputs = ws.execute("%restart")
+            assert reply["content"]["status"] == "ok", reply["content"]
+            assert RESTART_MESSAGE.search(stdout_of(outputs)), stdout_of(outputs)
+            assert ws.execute("x")[0]["content"]["ename"] == "NameError"
+            host_cell, job_cell, pid_cell, proxy_cell = ws.where()
+
+            restarted = server.api(f"/api/kernels/{kernel['id']}/restart", "POST", {})
+            assert restarted["id"] == kernel["id"]
+            host_rest, job_rest, pid_rest, proxy_rest = ws.where()
+
+            sleeping = ws.run("import time\nprint('sleeping', flush=True)\ntime.sleep(600)")
+            ws.until(sleeping, lambda seen: "sleeping" in stdout_of(seen))
+            server.api(f"/api/kernels/{kernel['id']}/interrupt", "POST", {})
+            interrupted = replied(ws.until(sleeping, replied, timeout=30))
+            assert interrupted["content"]["ename"] == "KeyboardInterrupt", interrupted["content"]
+            assert ws.where()[:3] == (host, job, pid_rest), "the same kernel answers after the interrupt"
+
+        assert (host_cell, job_cell, proxy_cell) == (host_rest, job_rest, proxy_rest) == (host, job, proxy)
+        assert len({pid, pid_cell, pid_rest}) == 3, "a new kernel behind the proxy at each restart"
+        assert [j["id"] for j in cluster.jobs()] == [job], "one job, the same, throughout"
+        assert connection_ip(jupyter_dirs, kernel["id"]) == cluster.address("node2")
+        assert "Restarted the kernel in place in" in server.log()
+
+        server.api(f"/api/kernels/{kernel['id']}", "DELETE")
+        print(f"queue empty {cluster.wait_for_empty_queue(15):.1f} s after DELETE /api/kernels/{{id}}")
+        assert server.api("/api/kernels") == []
+
+
+def test_jupyterlab_runs_a_notebook_on_node2_through_restart(node2_spec, browser_page, tmp_path):
+    cluster = node2_spec
+    where = WHERE.replace("print(", "print('where', ")
+    with jupyter_server("jupyterlab", tmp_path) as server:
+        nb = open_notebook(browser_page, server, "/lab/tree", ["x = 1\n" + where, "%restart", "x", where])
+        nb.run(0)
+        _, host, job, pid, proxy = nb.output(0).inner_text().split()
+        assert host == "node2"
+        assert [j["id"] for j in cluster.jobs()] == [job]
+
+        nb.run(1)
+        expect(nb.output(1)).to_contain_text(RESTART_MESSAGE)
+        expect(nb.status).to_have_attribute("data-status", "idle")
+        nb.run(2)
+        expect(nb.output(2)).to_contain_text("NameError")
+        expect(nb.prompt(2)).to_have_text("[1]:")
+        nb.run(3)
+        expect(nb.output(3)).to_contain_text(re.compile(r"^where node2 \d+ \d+ \d+"))
+        _, host_after, job_after, pid_after, proxy_after = nb.output(3).inner_text().split()
+
+        assert (host_after, job_after, proxy_after) == (host, job, proxy)
+        assert pid_after != pid
+        assert [j["id"] for j in cluster.jobs()] == [job]
+        expect(nb.status_bar).to_have_text(f"{DISPLAY_NAME} | Idle")
+        expect(nb.dialogs).to_have_count(0)
+    print(f"queue empty {cluster.wait_for_empty_queue(15):.1f} s after the server's SIGTERM")
