@@ -34,6 +34,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 from . import kernelspec, reach
 from .inner import InnerKernel, inner_kernel_spec
 from .iopub import IOPubRelay
+from .job import Job, JobNotices
 from .kernel import ProxyKernel
 from .rescue import RescuePolicy
 
@@ -49,7 +50,7 @@ inplace_restarter_config.py in the Jupyter config folders.
 
 To put the proxy in front of your kernelspecs, use the commands instead:
 python -m inplace_restarter list|install|remove|wizard --help"""
-    classes = [ProxyKernel, RescuePolicy, InnerKernel, Session]
+    classes = [ProxyKernel, RescuePolicy, InnerKernel, Job, JobNotices, Session]
 
     aliases = {
         **Application.aliases,

@@ -35,6 +35,7 @@ from traitlets import Float, Instance
 from traitlets.config import LoggingConfigurable
 
 from . import kernelspec, launchers
+from .death import Witness, describe_exit
 from .launchers import LAUNCHER_GRACE, signal_leader, stop_launcher
 from .relay import InnerKernelDied, Pending, Relay
 
@@ -42,6 +43,7 @@ if t.TYPE_CHECKING:
     from collections.abc import Callable
 
     from .iopub import IOPubRelay
+    from .job import Job
 
 
 class _OneSpec(KernelSpecManager):
@@ -262,11 +264,15 @@ class InnerKernel(LoggingConfigurable):
         iopub: IOPubRelay,
         on_input_request: Callable[[dict, Pending], None],
         manager: AsyncKernelManager | None = None,
+        job: Job | None = None,
         **kwargs,
     ):
-        """``session`` is the client's (the kernel signs with its key); ``iopub`` relays the output."""
+        """``session`` is the client's (the kernel signs with its key); ``iopub`` relays the output.
+
+        ``job`` is the Slurm job the proxy runs in, if any, to say whether its limits killed the kernel.
+        """
         super().__init__(**kwargs)
-        self._iopub, self._on_input_request = iopub, on_input_request
+        self._iopub, self._on_input_request, self.job = iopub, on_input_request, job
         self.manager = manager or new_manager(
             spec, runtime_dir, session.key, session.signature_scheme, parent=self, log=self.log
         )
@@ -281,6 +287,8 @@ class InnerKernel(LoggingConfigurable):
         self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
         self.pid: int | None = None
         self._pgid: int | None = None
+        #: what is known of the process from its start, to say why it died
+        self.witness: Witness | None = None
 
     async def start(self) -> None:
         """Launch the kernel and return once it answers and iopub is connected."""
@@ -289,6 +297,8 @@ class InnerKernel(LoggingConfigurable):
         process = getattr(self.manager.provisioner, "process", None)
         self.pid = self.manager.provisioner.pid if self.manager.provisioner else None
         self._pgid = getattr(self.manager.provisioner, "pgid", None)
+        # Its memory cgroup can be found only while it lives.
+        self.witness = Witness.of_pid(self.pid, self.job) if self.pid else Witness(None, self.job)
         self._watch(process)
         # Plain sockets, read by callbacks on the proxy's loop (see Relay); the
         # client's blocking methods are never called.  Iopub is read by the
@@ -301,9 +311,13 @@ class InnerKernel(LoggingConfigurable):
         # retries a refused connection every 0.1 s by default.
         client.context.setsockopt(zmq.RECONNECT_IVL, 10)
         client.start_channels(iopub=False, hb=False)
-        self.relay = Relay(client, self.exited, self.log, self._iopub, self._on_input_request)
+        self.relay = Relay(client, self.exited, self.log, self._iopub, self._on_input_request, self.why_died)
         reply = await self.relay.wait_ready(self.startup_timeout)
         self.kernel_info, self.session_id = reply["content"], reply["header"].get("session", "")
+
+    def why_died(self, returncode: int | None) -> str:
+        """Why the kernel died, in one sentence: its memory cgroup's OOM killer, the job's time limit, a signal..."""
+        return self.witness.describe(returncode) if self.witness is not None else describe_exit(returncode)
 
     def _watch(self, process) -> None:
         """Resolve ``exited`` with the return code the moment the process ends."""
@@ -413,11 +427,12 @@ class InnerKernels(LoggingConfigurable):
         iopub: IOPubRelay,
         on_input_request: Callable[[dict, Pending], None],
         standby: bool = False,
+        job: Job | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._spec, self._session, self._iopub, self._on_input_request = spec, session, iopub, on_input_request
-        self.standby = standby
+        self.standby, self.job = standby, job
         #: the kernel serving the client, if any
         self.current: InnerKernel | None = None
         #: shutting down: a kernel that exits now is not rescued, and no spare is started
@@ -454,6 +469,7 @@ class InnerKernels(LoggingConfigurable):
                 self._iopub,
                 self._on_input_request,
                 manager=manager,
+                job=self.job,
                 parent=self,
                 log=self.log,
             )

@@ -37,6 +37,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from .frames import read, send_frames, spend
 from .inner import InnerKernel, InnerKernels
+from .job import Job, JobNotices, watch_end, where
 from .kernelbase import WrapperKernelBase
 from .provisioner import ENV_NAME, REPLY_KEY
 from .relay import InnerKernelDied, Pending
@@ -46,7 +47,7 @@ from .subshells import CONTROL_TYPES as SUBSHELL_CONTROL
 from .subshells import SUBSHELLS, Subshells, has_subshells
 
 RESTART_HELP = """\
-%restart [--cold] [--help]
+%restart [--cold] [--info] [--help]
 
 Restart the kernel behind this notebook in place: the kernel process is shut
 down and started again with the same command, environment and working
@@ -56,7 +57,14 @@ Lines after %restart in the same cell run in the new kernel.
 
 With a standby kernel (the proxy's --standby option) %restart swaps to the
 spare at once; --cold starts a new kernel instead, e.g. after a pip install.
+
+%restart --info says where the kernel runs (the Slurm job, its node and the
+time left) and its memory limit, and restarts nothing.  In a Slurm job the
+notebook is warned before the job's time limit (JobNotices.warn_before, in
+seconds; JobNotices.enabled=False turns the warnings off).
 """
+#: what each option of %restart does, given alone; no option restarts
+RESTART_OPTIONS = {"--help": "help", "-h": "help", "--info": "info", "--cold": "cold"}
 
 #: kernel_info supported_features that work through the proxy.
 FORWARDED_FEATURES = ("debugger", SUBSHELLS)
@@ -84,6 +92,20 @@ class RestartCell:
     rest: str
     #: why the options do not parse (an unclosed quote), for a UsageError
     error: str | None = None
+
+    @property
+    def action(self) -> str | None:
+        """``restart``, ``cold``, ``info`` or ``help``; None for options %restart does not take (see usage)."""
+        if not self.options:
+            return "restart"
+        return RESTART_OPTIONS.get(self.options[0]) if len(self.options) == 1 else None
+
+    @property
+    def usage(self) -> str | None:
+        """Why the cell is a usage error, if it is: its line does not split, or %restart takes no such options."""
+        if self.error is not None or self.action is not None:
+            return self.error
+        return f"%restart takes no option {' '.join(self.options)!r}; see %restart --help"
 
 
 def parse_restart(code: str) -> RestartCell | None:
@@ -120,17 +142,22 @@ class ProxyKernel(WrapperKernelBase):
 
     def __init__(self, **kwargs: t.Any):
         super().__init__(**kwargs)
+        #: the Slurm job the proxy runs in (None outside Slurm), and when to warn before its end
+        self.job = Job.from_environ(parent=self, log=self.log)
+        self.notices = JobNotices(parent=self, log=self.log)
+        self._job_watch: asyncio.Task | None = None
         self.kernels = InnerKernels(
             self.inner_spec,
             self.session,
             self.iopub_thread,
             self._send_input_request,
             standby=self.standby,
+            job=self.job,
             parent=self,
             log=self.log,
         )
         self.subshells = Subshells(self.log)
-        self.restarter = InPlaceRestarter(self.kernels, self.subshells, self._publish, self.log)
+        self.restarter = InPlaceRestarter(self.kernels, self.subshells, self._publish, self.log, self.job)
         self.restarter.add_callback(self._serve)
         self.rescuer = Rescuer(RescuePolicy(parent=self), self.restarter, self.log)
         #: the serving inner kernel's kernel_info, kept through a restart (the same argv gives the same info)
@@ -153,6 +180,8 @@ class ProxyKernel(WrapperKernelBase):
         self._stdin_stream = ZMQStream(self.stdin_socket)
         self._stdin_stream.on_recv(self._on_stdin, copy=False)
         self.io_loop.add_callback(self._start_inner)
+        if self.job is not None:
+            self._job_watch = self._loop.create_task(self._watch_job())
 
     async def _start_inner(self) -> None:
         try:
@@ -160,6 +189,23 @@ class ProxyKernel(WrapperKernelBase):
         except Exception as e:
             self.log.critical("The inner kernel did not start: %s", e)
             self.io_loop.stop()
+
+    async def _watch_job(self) -> None:
+        """Read when the job ends (for %restart's message), then tell the notebook each notice as it falls due.
+
+        Reading Slurm is bounded and never raises (see job.Job); this task
+        only sleeps in between, so no request waits on it.
+        """
+        try:
+            await self.job.end_time()
+            await watch_end(self.job, self.notices, self._notice_of_job)
+        except Exception:
+            self.log.exception("Watching the end of Slurm job %s failed: no more notices", self.job.id)
+
+    def _notice_of_job(self, notice: str) -> None:
+        # A warning, so the server's log shows it too.
+        self.log.warning("%s", notice)
+        self.rescuer.tell(notice)
 
     def _serve(self, inner: InnerKernel) -> None:
         """A new inner kernel serves the client (see InPlaceRestarter.use): its info, session id and counts.
@@ -183,6 +229,8 @@ class ProxyKernel(WrapperKernelBase):
     def cleanup(self) -> None:
         """Last resort at exit: nothing the proxy started may outlive it."""
         self.kernels.kill_all()
+        if self.job is not None:
+            self.job.kill()
 
     async def shutdown_request(self, stream, ident, parent) -> None:
         """Jupyter's own restart, from a launcher that keeps this process, restarts in place.
@@ -198,8 +246,15 @@ class ProxyKernel(WrapperKernelBase):
         self.session.send(stream, "shutdown_reply", content, parent, ident=ident)
 
     async def do_shutdown(self, restart: bool) -> dict:
-        await self._on_main(self.kernels.shutdown())
+        await self._on_main(self._shutdown())
         return {"status": "ok", "restart": restart}
+
+    async def _shutdown(self) -> None:
+        if self._job_watch is not None:
+            # Cancelled, a reading kills the Slurm command it waits on.
+            self._job_watch.cancel()
+            await asyncio.gather(self._job_watch, return_exceptions=True)
+        await self.kernels.shutdown()
 
     async def _on_main(self, coro: t.Awaitable) -> t.Any:
         """Run ``coro`` on the main loop, where the inner kernel's sockets live.
@@ -456,12 +511,13 @@ class ProxyKernel(WrapperKernelBase):
         # A count of its own, not 0: JupyterLab leaves a cell whose reply
         # counts 0 showing [*] as if it still ran. The next cell is [1].
         count = self.execution_count
-        if cell.options in (["--help"], ["-h"]):
+        if cell.action == "help":
             self._tell(RESTART_HELP, parent)
             return self._ok(count)
-        usage = cell.error
-        if usage is None and cell.options not in ([], ["--cold"]):
-            usage = f"%restart takes no option {' '.join(cell.options)!r}; see %restart --help"
+        if cell.action == "info":
+            self._tell(self._info(), parent)
+            return self._ok(count)
+        usage = cell.usage
         if usage is not None:
             # As IPython shows a UsageError: one line on stderr, no traceback.
             self._tell(f"UsageError: {usage}\n", parent, "stderr")
@@ -473,7 +529,7 @@ class ProxyKernel(WrapperKernelBase):
                 "execution_count": count,
             }
         try:
-            await self._on_main(self.restarter.restart(parent, cold=cell.options == ["--cold"]))
+            await self._on_main(self.restarter.restart(parent, cold=cell.action == "cold"))
         except Exception as e:
             return self._error(parent, "RestartError", f"The kernel did not restart: {e}")
         if not cell.rest.strip():
@@ -485,6 +541,18 @@ class ProxyKernel(WrapperKernelBase):
         )
         self._reply_metadata.set(reply["metadata"])
         return reply["content"]
+
+    def _info(self) -> str:
+        """``%restart --info``: where the kernel runs, its job and the time left as last read, its memory limit."""
+        job = self.job
+        text = f"The kernel runs {'in ' if job is not None else ''}{where(job)}"
+        if job is not None and job.end is not None:
+            text += f" (time limit {job.time_limit}, until {job.end:%Y-%m-%d %H:%M:%S})"
+        elif job is not None and not job.known:
+            text += " (Slurm has not said when it ends)"
+        inner = self.kernels.current
+        memory = inner.witness.memory() if inner is not None and inner.witness is not None else None
+        return f"{text}\n{memory}\n" if memory else f"{text}\n"
 
     def _ok(self, execution_count: int) -> dict:
         return {"status": "ok", "execution_count": execution_count, "payload": [], "user_expressions": {}}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import typing as t
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 import zmq
 from jupyter_client.session import DELIM, Session
 
+from .death import describe_exit
 from .frames import decoded, delimiter, recv_frames, send_frames, unpacked, verified
 
 if t.TYPE_CHECKING:
@@ -40,22 +40,11 @@ TRACKED = frozenset({"comm_open", "comm_close"})
 
 
 class InnerKernelDied(Exception):
-    """The inner kernel exited while a request was pending."""
+    """The inner kernel exited while a request was pending; the message says why (see death)."""
 
-    def __init__(self, returncode: int | None):
-        super().__init__(describe_exit(returncode))
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "The kernel died"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"The kernel died of {name}"
-    return f"The kernel exited with code {returncode}"
+    def __init__(self, returncode: int | None, reason: str | None = None):
+        super().__init__(reason or describe_exit(returncode))
+        self.returncode = returncode
 
 
 @dataclass
@@ -90,8 +79,11 @@ class Relay:
         log: logging.Logger,
         iopub: IOPubRelay,
         on_input_request: Callable[[dict, Pending], None],
+        describe_death: Callable[[int | None], str] = describe_exit,
     ):
+        """``describe_death(returncode)`` says why the kernel died, for InnerKernelDied (see death.Witness)."""
         self.client = client
+        self._describe_death = describe_death
         self.session: Session = client.session
         self.exited = exited
         self.log = log
@@ -226,7 +218,8 @@ class Relay:
             await future
         except asyncio.CancelledError:
             if self._gone and future.cancelled():
-                raise InnerKernelDied(self.exited.result() if self.exited.done() else None) from None
+                returncode = self.exited.result() if self.exited.done() else None
+                raise InnerKernelDied(returncode, self._describe_death(returncode)) from None
             raise
 
     @property

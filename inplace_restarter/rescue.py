@@ -17,8 +17,6 @@ from collections import deque
 from traitlets import Bool, Float, Integer
 from traitlets.config import LoggingConfigurable
 
-from .relay import describe_exit
-
 if t.TYPE_CHECKING:
     from .inner import InnerKernel
     from .restart import InPlaceRestarter
@@ -70,7 +68,7 @@ class Rescuer:
         self.running_cell: dict | None = None
         #: the running cell whose kernel ignored an interrupt
         self._hung: dict | None = None
-        #: what to tell the user at the next cell about a kernel that died while idle
+        #: what to tell the user at the top of the next cell (a kernel that died while idle, the job's end)
         self._notice: str | None = None
         #: the kernel that died and the restart that follows, once begun
         self._rescue: tuple[InnerKernel, asyncio.Task] | None = None
@@ -78,7 +76,12 @@ class Rescuer:
         self._stopped: tuple[InnerKernel, str] | None = None
         restarter.add_callback(self._watch_soon)
 
+    def tell(self, message: str) -> None:
+        """Tell the notebook: on stderr in the running cell if one runs, else at the top of the next cell."""
+        self._tell(message, self.running_cell)
+
     def take_notice(self) -> str | None:
+        """What to show at the top of the next cell, once."""
         notice, self._notice = self._notice, None
         return notice
 
@@ -93,7 +96,7 @@ class Rescuer:
         """Notice the moment the inner kernel dies, even while nothing runs."""
         returncode = await asyncio.shield(inner.exited)
         if self.kernels.current is inner and not self.kernels.stopping:
-            await self.after_death(inner, describe_exit(returncode), self.running_cell)
+            await self.after_death(inner, inner.why_died(returncode), self.running_cell)
 
     async def after_death(self, inner: InnerKernel, reason: str, cell: dict | None) -> str:
         """Restart a kernel that died by itself; return what the failed request should say.
@@ -123,8 +126,8 @@ class Rescuer:
         if cell is not None:
             self.restarter.tell(f"{reason}; restarting it in place.\n", cell)
         else:
-            self._notice = (
-                f"{reason} at {time.strftime('%H:%M:%S')}, and was restarted in place: its variables are gone.\n"
+            self._tell(
+                f"{reason} at {time.strftime('%H:%M:%S')}, and was restarted in place: its variables are gone.", None
             )
         try:
             await self.restarter.restart(cell)
@@ -138,7 +141,7 @@ class Rescuer:
         if cell is not None:
             self.restarter.tell(message + "\n", cell)
         else:
-            self._notice = message + "\n"
+            self._notice = (self._notice or "") + message + "\n"
 
     async def interrupt(self) -> None:
         """Interrupt; a cell that outlives the interrupt makes the kernel hung.

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 if t.TYPE_CHECKING:
     from .inner import InnerKernel, InnerKernels
+    from .job import Job
     from .subshells import Subshells
 
 #: publish(msg_type, content, parent): a message of the proxy's own on the client's iopub
@@ -28,8 +29,16 @@ Publish = Callable[[str, dict, dict], None]
 class InPlaceRestarter:
     """Replaces the inner kernel while the client stays connected."""
 
-    def __init__(self, kernels: InnerKernels, subshells: Subshells, publish: Publish, log: logging.Logger):
-        self.kernels, self.subshells, self.log = kernels, subshells, log
+    def __init__(
+        self,
+        kernels: InnerKernels,
+        subshells: Subshells,
+        publish: Publish,
+        log: logging.Logger,
+        job: Job | None = None,
+    ):
+        """``job``: the Slurm job the kernel runs in, named in the restart's message."""
+        self.kernels, self.subshells, self.log, self.job = kernels, subshells, log, job
         self._publish = publish
         #: set while an inner kernel serves; requests wait on it through a restart
         self.ready = asyncio.Event()
@@ -78,6 +87,8 @@ class InPlaceRestarter:
         await self.subshells.carry(new)
         self._publish("status", {"execution_state": "starting"}, {})
         message = f"Restarted the kernel in place in {time.monotonic() - started:.1f} s"
+        if self.job is not None:
+            message += f" ({self.job.describe()})"
         # A warning, so that the server's log shows every restart, however asked for.
         self.log.warning("%s", message)
         if cell is not None:

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from .helpers import private_jupyter_dirs, running
-from .slurm import multinode, multinode_cluster, on_node2, slurm, slurm_cluster  # noqa: F401  (fixtures for Slurm jobs)
+from .slurm import (  # noqa: F401  (fixtures for Slurm jobs)
+    multinode,
+    multinode_cluster,
+    on_node2,
+    slurm,
+    slurm_cluster,
+    slurm_memory,
+    slurm_memory_cluster,
+)
 from .spec_helpers import proxied, with_provisioner, write_direct_and_proxied, write_spec
 
 

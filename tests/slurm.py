@@ -9,6 +9,13 @@ through ``SLURM_CONF``.
 ``MultiNodeCluster`` is a login node and two compute nodes, each in network
 namespaces of its own on a bridge, with the test process as a second login
 node: what a notebook sees when its kernel runs on another machine.
+
+``Cluster(memory_limits=True)`` (the ``slurm_memory`` fixture) enforces
+``--mem`` as sites do, with ``TaskPlugin=task/cgroup`` and
+``ConstrainRAMSpace=yes`` on cgroup v1: each job's memory cgroup is limited
+to what it asked for. It takes memory as a consumable resource
+(``CR_Core_Memory``), so it is kept apart from ``slurm``, where jobs that ask
+for no memory must not wait for each other.
 """
 
 from __future__ import annotations
@@ -81,15 +88,27 @@ def real_memory() -> int:
     return max(int(fields["RealMemory"]) - 512, 100)
 
 
+#: Where cgroup v1's controllers are mounted, for task/cgroup.
+CGROUP_V1 = Path("/sys/fs/cgroup")
+#: A job that asks for no memory gets this much (MB) in the cluster that enforces --mem, not the whole node.
+DEFAULT_JOB_MEMORY = 512
+
+
 class Cluster:
-    """One controller and one node, started by ``start`` and stopped (every daemon by pid) by ``stop``."""
+    """One controller and one node, started by ``start`` and stopped (every daemon by pid) by ``stop``.
+
+    With ``memory_limits``, ``--mem`` is enforced through memory cgroups (task/cgroup).
+    """
 
     #: Seconds between two looks at a daemon that is starting.
     poll = 0.2
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, memory_limits: bool = False):
         self.root = Path(root)
+        self.memory_limits = memory_limits
         self.host = socket.gethostname().split(".")[0]
+        #: the cgroup folders there were before start, so that stop removes only those Slurm made for this cluster
+        self._cgroups_before = self._slurm_cgroups() if memory_limits else set()
         self.nodes = [self.host]
         self.processes: dict[str, subprocess.Popen] = {}
         self.conf = self.root / "slurm.conf"
@@ -142,6 +161,19 @@ class Cluster:
             # A killed step ends its job at once rather than after the default 30 s.
             "KillWait": 2,
             "InactiveLimit": 0,
+        } | (self._memory_settings() if self.memory_limits else {})
+
+    def _memory_settings(self) -> dict[str, object]:
+        """task/cgroup with ``ConstrainRAMSpace``, and its cgroup.conf beside slurm.conf."""
+        cgroups = ["CgroupPlugin=cgroup/v1", f"CgroupMountpoint={CGROUP_V1}", "CgroupAutomount=no"]
+        (self.root / "cgroup.conf").write_text("\n".join([*cgroups, "ConstrainRAMSpace=yes"]) + "\n")
+        return {
+            "TaskPlugin": "task/cgroup",
+            "SelectTypeParameters": "CR_Core_Memory",
+            "DefMemPerNode": DEFAULT_JOB_MEMORY,
+            # Job cgroups are named by job id, under a root shared by every cluster of this node name:
+            # ids of their own keep two test sessions' jobs out of each other's cgroups.
+            "FirstJobId": 1000 + os.getpid() * 10,
         }
 
     def _node_lines(self) -> list[str]:
@@ -262,6 +294,18 @@ class Cluster:
         for daemon in reversed(DAEMONS):
             names = [name for name in self.processes if name.split("-")[0] == daemon]
             stop_processes([self.processes.pop(name) for name in names])
+        if self.memory_limits:
+            self._remove_cgroups()
+
+    def _slurm_cgroups(self) -> set[Path]:
+        """The cgroup folders Slurm's task/cgroup makes for this node (``slurm_NODE`` in each v1 controller)."""
+        return set(CGROUP_V1.glob(f"*/slurm_{self.host}")) | set(CGROUP_V1.glob(f"*/slurm_{self.host}/**/"))
+
+    def _remove_cgroups(self) -> None:
+        """Remove the empty cgroup folders Slurm left (it keeps its root); one still in use stays."""
+        for folder in sorted(self._slurm_cgroups() - self._cgroups_before, key=lambda p: len(p.parts), reverse=True):
+            with suppress(OSError):
+                folder.rmdir()
 
 
 def stop_processes(processes: list[subprocess.Popen], grace: float = 15) -> None:
@@ -541,6 +585,18 @@ def slurm_cluster():
         yield cluster
 
 
+@pytest.fixture(scope="session")
+def slurm_memory_cluster():
+    """A single-node cluster for the session that enforces ``--mem`` with memory cgroups."""
+    reason = missing()
+    if reason:
+        unavailable(reason)
+    if not (CGROUP_V1 / "memory" / "memory.oom_control").exists():
+        unavailable(f"--mem enforced by task/cgroup needs cgroup v1's memory controller at {CGROUP_V1 / 'memory'}")
+    with started(Cluster(temporary_folder("slurm-mem-"), memory_limits=True), "the --mem test cluster") as cluster:
+        yield cluster
+
+
 @contextmanager
 def multinode_cluster_up(tag: str):
     """A started ``MultiNodeCluster`` named by ``tag``; stopped, network and folder removed, on leaving."""
@@ -578,6 +634,12 @@ def client_of(cluster: Cluster, monkeypatch):
 def slurm(slurm_cluster, monkeypatch):
     """The single-node cluster, as ``client_of`` hands it to a test."""
     yield from client_of(slurm_cluster, monkeypatch)
+
+
+@pytest.fixture
+def slurm_memory(slurm_memory_cluster, monkeypatch):
+    """The cluster that enforces ``--mem``, as ``client_of`` hands it to a test."""
+    yield from client_of(slurm_memory_cluster, monkeypatch)
 
 
 @pytest.fixture

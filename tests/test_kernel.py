@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import random
+import socket
 
 import psutil
 import pytest
@@ -89,6 +90,24 @@ def test_restart_help_explains_and_restarts_nothing(proxy):
         reply, outputs = execute(kc, code)
         assert reply["content"]["status"] == "ok"
         assert "Restart the kernel behind this notebook in place" in stdout_of(outputs)
+    assert inner_pid(km) == before
+
+
+def test_restart_help_lists_info(proxy):
+    _, kc = proxy
+    _, outputs = execute(kc, "%restart --help")
+    assert stdout_of(outputs).startswith("%restart [--cold] [--info] [--help]\n")
+    assert "%restart --info says where the kernel runs" in stdout_of(outputs)
+
+
+def test_restart_info_outside_slurm_names_the_host_and_restarts_nothing(proxy):
+    km, kc = proxy
+    before = inner_pid(km)
+    reply, outputs = execute(kc, "%restart --info")
+    assert reply["content"]["status"] == "ok"
+    first, *rest = stdout_of(outputs).splitlines()
+    assert first == f"The kernel runs on host {socket.gethostname()}"
+    assert all(line.startswith("Memory: ") for line in rest), rest
     assert inner_pid(km) == before
 
 

@@ -71,3 +71,26 @@ def test_a_restart_line_that_does_not_parse_is_a_usage_error_not_an_exception(li
 
 def test_a_cell_that_parses_has_no_error():
     assert parse_restart("%restart --cold").error is None
+
+
+@pytest.mark.parametrize(
+    "line, action",
+    [
+        ("%restart", "restart"),
+        ("%restart --cold", "cold"),
+        ("%restart --info", "info"),
+        ("%restart --help", "help"),
+        ("%restart -h", "help"),
+        ("%restart?", "help"),
+    ],
+)
+def test_each_option_is_an_action_of_its_own(line, action):
+    cell = parse_restart(line)
+    assert (cell.action, cell.usage) == (action, None)
+
+
+@pytest.mark.parametrize("line", ["%restart --sideways", "%restart --info --cold", "%restart --cold x"])
+def test_options_it_does_not_take_or_takes_only_alone_are_a_usage_error(line):
+    cell = parse_restart(line)
+    assert cell.action is None
+    assert cell.usage == f"%restart takes no option {line.removeprefix('%restart ')!r}; see %restart --help"
