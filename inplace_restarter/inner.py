@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import ctypes
 import json
 import os
 import random
@@ -36,7 +35,7 @@ from traitlets.config import LoggingConfigurable
 
 from . import kernelspec, launchers
 from .death import Witness, describe_exit
-from .launchers import LAUNCHER_GRACE, signal_leader, stop_launcher
+from .launchers import LAUNCHER_GRACE, die_with_parent, signal_leader, stop_launcher, stop_with_parent
 from .relay import InnerKernelDied, Pending, Relay
 
 if t.TYPE_CHECKING:
@@ -53,18 +52,6 @@ class _OneSpec(KernelSpecManager):
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
         return self.spec
-
-
-def _die_with_parent(signum: int = signal.SIGKILL) -> None:
-    """Runs in the child before exec: signal it when the proxy dies, even by SIGKILL."""
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signum)
-
-
-def _stop_with_parent() -> None:
-    """For a launcher: SIGTERM, on which srun cancels its job; SIGKILL would leave the job to time out."""
-    _die_with_parent(signal.SIGTERM)
 
 
 def inner_kernel_spec(resource_dir: str | None, argv: list[str] | None = None) -> KernelSpec:
@@ -163,7 +150,7 @@ def is_launcher(spec: KernelSpec) -> bool:
 def launch_kwargs(spec: KernelSpec) -> dict:
     kwargs: dict = {"cwd": os.getcwd()}
     if sys.platform.startswith("linux"):
-        kwargs["preexec_fn"] = _stop_with_parent if is_launcher(spec) else _die_with_parent
+        kwargs["preexec_fn"] = stop_with_parent if is_launcher(spec) else die_with_parent
     return kwargs
 
 

@@ -9,6 +9,7 @@ options are parsed as far as needed to find where its own arguments end.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import shlex
 import signal
@@ -329,6 +330,23 @@ def signal_leader(process: subprocess.Popen, signum: int) -> None:
         process.send_signal(signum)
     except (ProcessLookupError, OSError):
         pass
+
+
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Runs in the child before exec: signal it when the process that started it dies, even by SIGKILL.
+
+    ``PR_SET_PDEATHSIG`` follows the *thread* that forked, not the process:
+    a child started from a thread that ends before the process gets the
+    signal then.
+    """
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signum)
+
+
+def stop_with_parent() -> None:
+    """For a launcher: SIGTERM, on which srun cancels its job; SIGKILL would leave the job to time out."""
+    die_with_parent(signal.SIGTERM)
 
 
 def stop_launcher(process: subprocess.Popen, grace: float = LAUNCHER_GRACE, log: logging.Logger | None = None) -> None:

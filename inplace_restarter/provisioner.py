@@ -53,7 +53,6 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Float, Unicode
 
 from . import launchers, reach
-from .inner import _stop_with_parent
 from .launchers import LAUNCHER_GRACE
 
 #: the provisioner's name in the ``jupyter_client.kernel_provisioners`` entry points
@@ -166,7 +165,7 @@ class InPlaceProvisioner(LocalProvisioner):
         server; a manager driven from a short-lived thread would take its
         kernels down with that thread.
         """
-        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_stop_with_parent)
+        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=launchers.stop_with_parent)
         started = time.monotonic()
         await super().launch_kernel(cmd, **kwargs)
         report = await self._wait_for_report(cmd[0])
