@@ -23,10 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import websocket
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
-from playwright.sync_api import expect
 
 from ..helpers import is_idle, stdout_of
 from ..slurm import WHERE, job_spec
@@ -52,6 +50,8 @@ class KernelSocket:
 
     def __init__(self, server, kernel_id: str):
         url = server.base_url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
+        import websocket  # websocket-client, as jupyter_server has it: not needed where e2e is deselected
+
         self.ws = websocket.create_connection(
             f"{url}?session_id={uuid.uuid4()}", header=[f"Authorization: token {server.token}"], timeout=120
         )
@@ -153,7 +153,7 @@ def test_rest_and_websocket_drive_a_kernel_on_node2_through_both_restarts_and_an
         assert server.api("/api/kernels") == []
 
 
-def test_jupyterlab_runs_a_notebook_on_node2_through_restart(node2_spec, browser_page, tmp_path):
+def test_jupyterlab_runs_a_notebook_on_node2_through_restart(node2_spec, browser_page, tmp_path, expect):
     cluster = node2_spec
     where = WHERE.replace("print(", "print('where', ")
     with jupyter_server("jupyterlab", tmp_path) as server:
