@@ -203,8 +203,8 @@ class ProxyKernel(WrapperKernelBase):
             self.log.exception("Watching the end of Slurm job %s failed: no more notices", self.job.id)
 
     def _notice_of_job(self, notice: str) -> None:
-        # A warning, so the server's log shows it too.
-        self.log.warning("%s", notice)
+        # INFO: the notebook shows it; a client that shows stderr must not show it twice.
+        self.log.info("%s", notice)
         self.rescuer.tell(notice)
 
     def _serve(self, inner: InnerKernel) -> None:

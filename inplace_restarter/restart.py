@@ -89,8 +89,9 @@ class InPlaceRestarter:
         message = f"Restarted the kernel in place in {time.monotonic() - started:.1f} s"
         if self.job is not None:
             message += f" ({self.job.describe()})"
-        # A warning, so that the server's log shows every restart, however asked for.
-        self.log.warning("%s", message)
+        # Normal operation: INFO, so that a client that shows the kernel's
+        # stderr (jupyter console) does not print it a second time.
+        self.log.info("%s", message)
         if cell is not None:
             self.tell(message + "\n", cell, "stdout")
         self.use(new)

@@ -83,6 +83,15 @@ def test_code_after_restart_runs_in_the_new_kernel(proxy):
     assert lines[1] == f"{inner_pid(km)} False"
 
 
+def test_a_restart_is_logged_at_info_so_a_console_showing_stderr_prints_it_once(proxy_with, tmp_path):
+    for level, logged in (("WARN", False), ("INFO", True)):
+        log = tmp_path / f"{level}.log"
+        with open(log, "wb") as stderr, proxy_with(f"--log-level={level}", stderr=stderr) as (_, kc):
+            _, outputs = execute(kc, "%restart")
+            assert stdout_of(outputs).startswith("Restarted the kernel in place in ")
+        assert ("Restarted the kernel in place in " in log.read_text()) is logged, level
+
+
 def test_restart_help_explains_and_restarts_nothing(proxy):
     km, kc = proxy
     before = inner_pid(km)
