@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -85,6 +86,8 @@ def private_jupyter(root: Path, proxy_path: Path) -> None:
         },
     }
     specs["standby"] = {**specs["proxied"], "argv": [*specs["proxied"]["argv"], "--standby"], "display_name": "standby"}
+    # logs its start step by step (app.ProxyKernelApp._log_timeline), for --timeline
+    specs["timeline"] = {**specs["proxied"], "argv": [*specs["proxied"]["argv"], "--log-level=INFO"]}
     for name, spec in specs.items():
         (kernels / name).mkdir(parents=True)
         (kernels / name / "kernel.json").write_text(json.dumps(spec, indent=1))
@@ -576,6 +579,60 @@ def bench_startup(reps: int, log) -> dict:
     return out
 
 
+#: the proxy's log line with its start, step by step: "step at 0.123 s, ..."
+TIMELINE = re.compile(r"Startup, since the process started: (.*)")
+
+
+def process_started(pid: int) -> float:
+    """When process ``pid`` started, as a time.time(), to the clock tick, as the proxy reckons it (app.process_start).
+
+    Not psutil's create_time, whose boot time is in whole seconds.
+    """
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def proxy_timeline(root: Path) -> dict[str, float]:
+    """Launch the proxy, time its first reply, and read its steps from its log: seconds after the launch."""
+    from jupyter_client.manager import KernelManager
+
+    log_file = root / f"timeline-{uuid.uuid4().hex[:8]}.log"
+    km = KernelManager(kernel_name="timeline")
+    with open(log_file, "wb") as out:
+        launched = time.time()
+        try:
+            reply = first_reply(km, start=lambda km: km.start_kernel(stdout=out, stderr=out, cwd=KERNEL_LOG["cwd"]))
+            started = process_started(km.provisioner.pid)
+        finally:
+            procs = tree(km.provisioner.pid if km.has_kernel else None)
+            with contextlib.suppress(Exception):
+                km.shutdown_kernel(now=True)
+            kill_all(procs)
+    line = TIMELINE.search(log_file.read_text())
+    if line is None:
+        raise RuntimeError(f"no startup timeline in the proxy's log {log_file}")
+    steps = {"process started": started - launched}
+    for step in line.group(1).split(", "):
+        name, _, at = step.rpartition(" at ")
+        steps[name] = started - launched + float(at.removesuffix(" s"))
+    steps["first reply"] = reply
+    return steps
+
+
+def bench_timeline(root: Path, reps: int, log) -> dict:
+    """The proxy's start step by step, each step's median in seconds after the launch, beside a direct cold start."""
+    runs, direct = [], []
+    for rep in range(reps):
+        for name in rotated(rep, "direct", "proxied"):
+            if name == "direct":
+                direct.append(cold_start("direct"))
+            else:
+                runs.append(proxy_timeline(root))
+        log(f"timeline: direct {direct[-1]:.3f} s, proxied {runs[-1]}")
+    steps = {step: median([run[step] for run in runs]) for step in runs[0]}
+    return {"steps": steps, "direct": median(direct), "all": runs, "direct_all": direct}
+
+
 def bench_restart(proxied: Running, reps: int, log) -> dict:
     """%restart, a cold start of the same kernel, and KernelManager.restart_kernel, interleaved."""
     res = {"%restart": [], "cold start": [], "restart_kernel": [], "%restart --standby": []}
@@ -816,6 +873,12 @@ def table(r: dict, m: dict, args) -> str:
             f"{st['ratio']:.2f}x",
             "<= 1.3x",
         )
+    if "timeline" in r:
+        tl = r["timeline"]
+        n = len(tl["all"])
+        for step, at in sorted(tl["steps"].items(), key=lambda item: item[1]):
+            row(f"startup timeline (n={n}): {step}, after the launch", "", s(at), "", "")
+        row(f"startup timeline (n={n}): first reply of the kernel used directly", s(tl["direct"]), "", "", "")
     if "restart" in r:
         rs = r["restart"]
         n = len(rs["%restart"]["all"])
@@ -908,7 +971,7 @@ def table(r: dict, m: dict, args) -> str:
 # -- main ------------------------------------------------------------------------------------------
 
 
-MEASURES = ("roundtrip", "throughput", "comms", "buffer", "startup", "restart", "memory", "endurance")
+MEASURES = ("roundtrip", "throughput", "comms", "buffer", "startup", "timeline", "restart", "memory", "endurance")
 #: the measures that also time the relay floor
 FLOORED = {"roundtrip", "comms", "buffer"}
 
@@ -1024,6 +1087,8 @@ def main(argv=None) -> int:
             direct = floor = None
         if "startup" in args.only:
             results["startup"] = bench_startup(args.startups, log)
+        if "timeline" in args.only:
+            results["timeline"] = bench_timeline(root, args.startups, log)
         if {"restart", "endurance"} & args.only:
             if proxied is None:
                 proxied = start("proxied")

@@ -29,7 +29,6 @@ import signal
 import typing as t
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpec
 from traitlets import Bool, Instance
@@ -39,6 +38,7 @@ from .frames import read, send_frames, spend
 from .inner import InnerKernel, InnerKernels
 from .job import Job, JobNotices, watch_end, where
 from .kernelbase import WrapperKernelBase
+from .prelaunch import Prelaunched
 from .provisioner import ENV_NAME, REPLY_KEY
 from .relay import InnerKernelDied, Pending
 from .rescue import RescuePolicy, Rescuer
@@ -166,9 +166,9 @@ class ProxyKernel(WrapperKernelBase):
         self._reply_metadata: ContextVar[dict] = ContextVar("reply_metadata")
         atexit.register(self.cleanup)
 
-    def adopt(self, manager, runtime_dir: Path) -> None:
-        """Take over an inner kernel launched before the proxy was ready (see inner.prelaunch)."""
-        self.kernels.adopt(manager, runtime_dir)
+    def adopt(self, prelaunched: Prelaunched) -> None:
+        """Take over an inner kernel launched before the proxy was ready (see prelaunch)."""
+        self.kernels.adopt(prelaunched)
 
     # -- startup and shutdown ---------------------------------------------------
 
