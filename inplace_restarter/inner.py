@@ -118,6 +118,25 @@ def kill_group(pid: int | None, pgid: int | None) -> None:
         pass
 
 
+def running_in_group(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that have not ended (zombies have), from /proc; none without it.
+
+    Not ``killpg(pgid, 0)``: a zombie still counts there, and where nothing
+    reaps orphans (a container's init) it stays.
+    """
+    running = []
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            running.append(int(entry.name))
+    return running
+
+
 class PrelaunchedProvisioner(LocalProvisioner):
     """Hands its KernelManager the kernel prelaunch started, if that is the kernel the manager would launch.
 
@@ -300,9 +319,26 @@ class InnerKernel(LoggingConfigurable):
             returncode = await asyncio.get_running_loop().run_in_executor(None, self._process.wait)
             if not self.exited.done():
                 self.exited.set_result(returncode)
+        if not self.launcher:
+            await self._group_gone()
         self.gone_at = time.time()
         self.close()
         await self.manager.cleanup_resources()
+
+    async def _group_gone(self, timeout: float = 5) -> None:
+        """Wait until the SIGKILL reached every process of the kernel's group, so none of them runs on.
+
+        A killed process ends when next scheduled, which a busy machine can
+        delay; "Restarted" must mean the old kernel's processes are gone.
+        """
+        if not self._pgid:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not running_in_group(self._pgid):
+                return
+            await asyncio.sleep(0.005)
+        self.log.warning("Processes of inner kernel %s's group still there %g s after SIGKILL", self.pid, timeout)
 
     def _yield_cpu(self) -> None:
         """Lower the priority of a kernel on its way out, so that its successor starts first.
