@@ -4,6 +4,7 @@ Where things live:
 
 - ``kernel``: the kernel-facing proxy; ``%restart`` is handled there.
 - ``inner``: the inner kernel's lifecycle (start, ready, stop, death).
+- ``prelaunch``: the first inner kernel, launched before the proxy's imports.
 - ``relay``: the messages between the client and the inner kernel.
 - ``rescue``: dying and hung inner kernels, restarted in place.
 - ``app``: the kernel application that binds the client's sockets.

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         from .cli import main as cli_main
 
         sys.exit(cli_main(argv))
-    from .inner import prelaunch
+    from .prelaunch import prelaunch
 
     prelaunched = prelaunch(argv)
     defer_ipython_init()

@@ -97,7 +97,9 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         help="Bind the client's sockets on a routable address without CurveZMQ keys: code and outputs then "
         "cross the network in plain text, readable and forgeable by anyone on it.",
     )
-    prelaunched = Any(None, help="(manager, runtime folder) of an inner kernel launched before the app.")
+    prelaunched = Any(None, help="The inner kernel launched before the app (a prelaunch.Prelaunched), if any.")
+    #: time.time() of each step of the start, logged once the first inner kernel is ready
+    timeline: dict[str, float]
     #: the server's addresses when the provisioner asked for a report of where the proxy is (see reach)
     report_to: list[str] | None = None
 
@@ -107,6 +109,9 @@ python -m inplace_restarter list|install|remove|wizard --help"""
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
+        self.timeline = {"imports done": time.time()}
+        if self.prelaunched is not None:
+            self.timeline["inner kernel launched"] = self.prelaunched.at
         super().initialize(argv)
         self.load_config_file(f"{self.name}_config", path=jupyter_config_path())
         # traitlets filters at the handler; at the logger, every log.debug on
@@ -123,6 +128,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         self.init_connection_file()
         self.init_reach()
         self.init_sockets()
+        self.timeline["sockets bound"] = time.time()
         self.write_connection_file()
         self.report()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -140,7 +146,24 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         )
         self.kernel.record_ports({f"{name}_port": getattr(self, f"{name}_port") for name in self.ports})
         if self.prelaunched is not None:
-            self.kernel.adopt(*self.prelaunched)
+            self.kernel.adopt(self.prelaunched)
+        self.kernel.restarter.add_callback(self._log_timeline)
+
+    def _log_timeline(self, inner: InnerKernel) -> None:
+        """Once: how long each step of the start took, the first inner kernel's launch among them.
+
+        The proxy's start is what a client waits for before its first reply;
+        this says where that time went (``bench/run.py --timeline`` reads it).
+        """
+        if "inner kernel ready" in self.timeline:
+            return
+        self.timeline.setdefault("inner kernel launched", inner.launched_at)
+        self.timeline["inner kernel ready"] = time.time()
+        started = process_start() or min(self.timeline.values())
+        steps = ", ".join(
+            f"{step} at {at - started:.3f} s" for step, at in sorted(self.timeline.items(), key=lambda i: i[1])
+        )
+        self.log.info("Startup, since the process started: %s", steps)
 
     def init_connection_file(self) -> None:
         """Read the ports and key the client chose; without a file, pick them and write one."""
@@ -326,6 +349,15 @@ python -m inplace_restarter list|install|remove|wizard --help"""
             client_socket.close()
         self.context.term()
         self.heartbeat.context.term()
+
+
+def process_start() -> float | None:
+    """When this process started, as a time.time(), to the clock tick (from /proc; None without it)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def launch(argv: list[str] | None = None, prelaunched=None) -> None:

@@ -9,17 +9,12 @@ client as it was sent (see relay).
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
 import os
-import random
-import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
+import time
 import typing as t
 import uuid
 from pathlib import Path
@@ -28,14 +23,15 @@ import zmq.asyncio
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning import LocalProvisioner
 from jupyter_client.session import Session
-from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Float, Instance
 from traitlets.config import LoggingConfigurable
 
-from . import kernelspec, launchers
+from . import kernelbase, kernelspec, launchers, prelaunch
 from .death import Witness, describe_exit
-from .launchers import LAUNCHER_GRACE, die_with_parent, signal_leader, stop_launcher, stop_with_parent
+from .launchers import LAUNCHER_GRACE, signal_leader, stop_launcher
+from .prelaunch import Prelaunched
 from .relay import InnerKernelDied, Pending, Relay
 
 if t.TYPE_CHECKING:
@@ -61,42 +57,34 @@ def inner_kernel_spec(resource_dir: str | None, argv: list[str] | None = None) -
     return KernelSpec(**{**known, "resource_dir": str(resource_dir or "")})
 
 
-def private_runtime_dir() -> Path:
-    """A folder of the proxy's own (mode 0700) for its inner kernels' connection files.
+def new_manager(
+    spec: KernelSpec,
+    runtime_dir: Path,
+    key: bytes,
+    signature_scheme: str,
+    prelaunched: Prelaunched | None = None,
+    **kwargs,
+) -> AsyncKernelManager:
+    """A manager for one inner kernel: loopback, the client's key, a private connection file.
 
-    Its name carries the host and the proxy's pid, so that folders left by
-    proxies killed with SIGKILL (which cannot clean up) are removed by the
-    next proxy on the same host. The runtime folder is often in a home shared
-    by every node: a pid says nothing about another host's processes, so
-    another host's folders are never touched.
+    With ``prelaunched``, the manager of that kernel, which it takes over when it starts.
     """
-    root = Path(jupyter_runtime_dir())
-    root.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
-    own = re.compile(rf"inplace-restarter-{re.escape(host)}-(\d+)-[^-]+")
-    for folder in root.glob(f"inplace-restarter-{glob_escape(host)}-*"):
-        match = own.fullmatch(folder.name)
-        if match and not _alive(int(match.group(1))):
-            shutil.rmtree(folder, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"inplace-restarter-{host}-{os.getpid()}-", dir=root))
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def new_manager(spec: KernelSpec, runtime_dir: Path, key: bytes, signature_scheme: str, **kwargs) -> AsyncKernelManager:
-    """A manager for one inner kernel: loopback, the client's key, a private connection file."""
+    if prelaunched is not None:
+        manager = AsyncKernelManager(
+            kernel_name="inner",
+            kernel_spec_manager=_OneSpec(spec=spec),
+            session=Session(key=key, signature_scheme=signature_scheme),
+            connection_file=str(prelaunched.connection_file),
+            context=zmq.asyncio.Context.instance(),
+            cache_ports=False,
+            **kwargs,
+        )
+        manager.load_connection_file()
+        kernelbase.written_by(manager)
+        manager.provisioner = PrelaunchedProvisioner(
+            prelaunched, kernel_id=str(uuid.uuid4()), kernel_spec=spec, parent=manager
+        )
+        return manager
     return AsyncKernelManager(
         kernel_name="inner",
         kernel_spec_manager=_OneSpec(spec=spec),
@@ -108,50 +96,15 @@ def new_manager(spec: KernelSpec, runtime_dir: Path, key: bytes, signature_schem
         # another): a context of its own would start and stop an I/O thread
         # per restart.
         context=zmq.asyncio.Context.instance(),
-        **_ports(),
+        cache_ports=False,
+        **prelaunch.free_ports(),
         **kwargs,
     )
-
-
-#: where a connection file keeps each channel's port
-PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
-
-
-def _ports() -> dict:
-    """Free loopback ports for a kernel, below the range connect() takes source ports from.
-
-    jupyter_client picks ports from that ephemeral range, where the proxy's
-    own attempts to reach a kernel that is not listening yet take their
-    source ports: the kernel, or remote_ikernel's ssh tunnel, may then find
-    its port taken (a tunnel fails without a word).  Without the range (not
-    Linux), jupyter_client chooses.
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return {}
-    ports: set[int] = set()
-    while len(ports) < len(PORT_NAMES):
-        port = random.randrange(max(1024, low - 10000), low)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.add(port)
-    return {"cache_ports": False, **dict(zip(PORT_NAMES, ports, strict=True))}
 
 
 def is_launcher(spec: KernelSpec) -> bool:
     """Whether the inner argv starts with a launcher (the proxy runs outside srun, ssh, ...)."""
     return bool(launchers.parse(spec.argv).launchers)
-
-
-def launch_kwargs(spec: KernelSpec) -> dict:
-    kwargs: dict = {"cwd": os.getcwd()}
-    if sys.platform.startswith("linux"):
-        kwargs["preexec_fn"] = stop_with_parent if is_launcher(spec) else die_with_parent
-    return kwargs
 
 
 def kill_group(pid: int | None, pgid: int | None) -> None:
@@ -165,61 +118,62 @@ def kill_group(pid: int | None, pgid: int | None) -> None:
         pass
 
 
-def kill_if_running(manager: AsyncKernelManager) -> None:
-    """At exit: a prelaunched kernel the proxy did not take over (it failed first) goes too."""
-    process = getattr(manager.provisioner, "process", None)
-    if process is None or process.poll() is not None:
-        return
-    if is_launcher(manager.kernel_spec):
-        stop_launcher(process)
-    else:
-        kill_group(process.pid, getattr(manager.provisioner, "pgid", None))
+def running_in_group(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that have not ended (zombies have), from /proc; none without it.
 
-
-def _option(argv: list[str], names: tuple[str, ...]) -> str | None:
-    """The value of option ``names`` in ``argv`` (``-f X``, ``-f=X``, ``--f X``...), else None."""
-    for index, arg in enumerate(argv):
-        name, equals, value = arg.partition("=")
-        if name in names:
-            if equals:
-                return value
-            if index + 1 < len(argv):
-                return argv[index + 1]
-    return None
-
-
-def prelaunch(argv: list[str]) -> tuple[AsyncKernelManager, Path] | None:
-    """Launch the inner kernel before the proxy imports ipykernel, so both start at once.
-
-    Only the proxy's own arguments that say which kernel to start and the
-    key in its connection file are read here; on anything unusual this
-    returns None and the proxy starts the kernel later, reporting errors the
-    normal way.
+    Not ``killpg(pgid, 0)``: a zombie still counts there, and where nothing
+    reaps orphans (a container's init) it stays.
     """
-    resource_dir, inner_argv = None, None
-    if "--" in argv:
-        inner_argv = argv[argv.index("--") + 1 :]
-        argv = argv[: argv.index("--")]
-    resource_dir = _option(argv, ("--resource-dir", "--ProxyKernelApp.resource_dir"))
-    connection_file = _option(argv, ("-f", "--f", "--ProxyKernelApp.connection_file"))
-    if not (resource_dir or inner_argv) or not connection_file:
-        return None
-    try:
-        spec = inner_kernel_spec(resource_dir, inner_argv)
-        info = json.loads(Path(connection_file).read_text())
-        # The connection file's key and scheme are the ones the proxy will use.
-        key, scheme = info["key"].encode(), info["signature_scheme"]
-    except (kernelspec.SpecError, OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    runtime_dir = private_runtime_dir()
-    atexit.register(shutil.rmtree, runtime_dir, ignore_errors=True)
-    manager = new_manager(spec, runtime_dir, key, scheme)
-    try:
-        asyncio.run(manager.start_kernel(**launch_kwargs(spec)))
-    except Exception:
-        return None
-    atexit.register(kill_if_running, manager)
-    return manager, runtime_dir
+    running = []
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            running.append(int(entry.name))
+    return running
+
+
+class PrelaunchedProvisioner(LocalProvisioner):
+    """Hands its KernelManager the kernel prelaunch started, if that is the kernel the manager would launch.
+
+    The manager formats the command, environment and connection file itself
+    and passes them here; the prelaunched process is taken only if they are
+    the ones it was launched with, else it is stopped and the kernel launched
+    as usual.
+    """
+
+    def __init__(self, prelaunched: Prelaunched, **kwargs):
+        super().__init__(**kwargs)
+        self.prelaunched: Prelaunched | None = prelaunched
+
+    async def launch_kernel(self, cmd: list[str], **kwargs) -> dict:
+        early, self.prelaunched = self.prelaunched, None
+        if early is not None and self._launched_as(early, cmd, kwargs):
+            self.process, self.pid, self.cwd = early.process, early.process.pid, kwargs.get("cwd")
+            try:
+                self.pgid = os.getpgid(self.pid)
+            except OSError:
+                self.pgid = None
+            return self.connection_info
+        if early is not None:
+            self.log.info("The prelaunched inner kernel is not the one its spec starts now; launching again")
+            prelaunch.stop(early.process, is_launcher(self.kernel_spec))
+        return await super().launch_kernel(cmd, **kwargs)
+
+    def _launched_as(self, early: Prelaunched, cmd: list[str], kwargs: dict) -> bool:
+        written = json.loads(early.connection_file.read_text())
+        info = {k: v.decode() if isinstance(v, bytes) else v for k, v in self.connection_info.items()}
+        return (
+            early.process.poll() is None
+            and cmd == early.cmd
+            and kwargs.get("env") == early.env
+            and all(kwargs.get(k) == v for k, v in early.kwargs.items())
+            and all(written.get(k) == v for k, v in info.items())
+        )
 
 
 class InnerKernel(LoggingConfigurable):
@@ -272,6 +226,10 @@ class InnerKernel(LoggingConfigurable):
         #: the session id in the headers of everything the kernel sends
         self.session_id: str = ""
         self.exited: asyncio.Future = asyncio.get_running_loop().create_future()
+        #: time.time() once launched (a prelaunched kernel: once taken over), ready, and gone after shutdown
+        self.launched_at: float | None = None
+        self.ready_at: float | None = None
+        self.gone_at: float | None = None
         self.pid: int | None = None
         self._pgid: int | None = None
         #: what is known of the process from its start, to say why it died
@@ -280,7 +238,8 @@ class InnerKernel(LoggingConfigurable):
     async def start(self) -> None:
         """Launch the kernel and return once it answers and iopub is connected."""
         if not self.manager.has_kernel:
-            await self.manager.start_kernel(**launch_kwargs(self.manager.kernel_spec))
+            await self.manager.start_kernel(**prelaunch.launch_kwargs(self.launcher))
+        self.launched_at = time.time()
         process = getattr(self.manager.provisioner, "process", None)
         self.pid = self.manager.provisioner.pid if self.manager.provisioner else None
         self._pgid = getattr(self.manager.provisioner, "pgid", None)
@@ -300,6 +259,7 @@ class InnerKernel(LoggingConfigurable):
         client.start_channels(iopub=False, hb=False)
         self.relay = Relay(client, self.exited, self.log, self._iopub, self._on_input_request, self.why_died)
         reply = await self.relay.wait_ready(self.startup_timeout)
+        self.ready_at = time.time()
         self.kernel_info, self.session_id = reply["content"], reply["header"].get("session", "")
 
     def why_died(self, returncode: int | None) -> str:
@@ -359,8 +319,26 @@ class InnerKernel(LoggingConfigurable):
             returncode = await asyncio.get_running_loop().run_in_executor(None, self._process.wait)
             if not self.exited.done():
                 self.exited.set_result(returncode)
+        if not self.launcher:
+            await self._group_gone()
+        self.gone_at = time.time()
         self.close()
         await self.manager.cleanup_resources()
+
+    async def _group_gone(self, timeout: float = 5) -> None:
+        """Wait until the SIGKILL reached every process of the kernel's group, so none of them runs on.
+
+        A killed process ends when next scheduled, which a busy machine can
+        delay; "Restarted" must mean the old kernel's processes are gone.
+        """
+        if not self._pgid:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not running_in_group(self._pgid):
+                return
+            await asyncio.sleep(0.005)
+        self.log.warning("Processes of inner kernel %s's group still there %g s after SIGKILL", self.pid, timeout)
 
     def _yield_cpu(self) -> None:
         """Lower the priority of a kernel on its way out, so that its successor starts first.
@@ -424,22 +402,26 @@ class InnerKernels(LoggingConfigurable):
         self.current: InnerKernel | None = None
         #: shutting down: a kernel that exits now is not rescued, and no spare is started
         self.stopping = False
-        self._first: AsyncKernelManager | None = None
+        self._prelaunched: Prelaunched | None = None
         self._runtime_dir: Path | None = None
         #: the spare kernel being started or waiting, with standby
         self._spare: asyncio.Task | None = None
         #: old kernels shutting down in the background after a swap to the spare
         self._retiring: set[asyncio.Task] = set()
 
-    def adopt(self, manager: AsyncKernelManager, runtime_dir: Path) -> None:
+    def adopt(self, prelaunched: Prelaunched) -> None:
         """Take over a kernel launched before the proxy was ready (see prelaunch) as the first one."""
-        self._first, self._runtime_dir = manager, runtime_dir
+        self._prelaunched, self._runtime_dir = prelaunched, prelaunched.runtime_dir
 
     async def start(self) -> InnerKernel:
         """The first kernel, once it answers."""
         if self._runtime_dir is None:
-            self._runtime_dir = private_runtime_dir()
-        manager, self._first = self._first, None
+            self._runtime_dir = prelaunch.private_runtime_dir()
+        early, self._prelaunched, manager = self._prelaunched, None, None
+        if early is not None:
+            manager = new_manager(
+                self._spec, early.runtime_dir, self._session.key, self._session.signature_scheme, early, parent=self
+            )
         return await self._new(manager)
 
     async def _new(self, manager: AsyncKernelManager | None = None, attempts: int = 3) -> InnerKernel:

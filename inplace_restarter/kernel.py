@@ -29,7 +29,6 @@ import signal
 import typing as t
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpec
 from traitlets import Bool, Instance
@@ -39,6 +38,7 @@ from .frames import read, send_frames, spend
 from .inner import InnerKernel, InnerKernels
 from .job import Job, JobNotices, watch_end, where
 from .kernelbase import WrapperKernelBase
+from .prelaunch import Prelaunched
 from .provisioner import ENV_NAME, REPLY_KEY
 from .relay import InnerKernelDied, Pending
 from .rescue import RescuePolicy, Rescuer
@@ -166,9 +166,9 @@ class ProxyKernel(WrapperKernelBase):
         self._reply_metadata: ContextVar[dict] = ContextVar("reply_metadata")
         atexit.register(self.cleanup)
 
-    def adopt(self, manager, runtime_dir: Path) -> None:
-        """Take over an inner kernel launched before the proxy was ready (see inner.prelaunch)."""
-        self.kernels.adopt(manager, runtime_dir)
+    def adopt(self, prelaunched: Prelaunched) -> None:
+        """Take over an inner kernel launched before the proxy was ready (see prelaunch)."""
+        self.kernels.adopt(prelaunched)
 
     # -- startup and shutdown ---------------------------------------------------
 
@@ -203,8 +203,8 @@ class ProxyKernel(WrapperKernelBase):
             self.log.exception("Watching the end of Slurm job %s failed: no more notices", self.job.id)
 
     def _notice_of_job(self, notice: str) -> None:
-        # A warning, so the server's log shows it too.
-        self.log.warning("%s", notice)
+        # INFO: the notebook shows it; a client that shows stderr must not show it twice.
+        self.log.info("%s", notice)
         self.rescuer.tell(notice)
 
     def _serve(self, inner: InnerKernel) -> None:

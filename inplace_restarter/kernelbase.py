@@ -24,9 +24,12 @@ jupyter_client 8.10:
   ``Session.deserialize`` does when it reads a message's content.
 - ``KernelManager._control_socket``: the socket a manager sent its
   shutdown_request on, whose reply it never reads (see provisioner).
+- ``ConnectionFileMixin._connection_file_written``: a manager that did not
+  write its connection file neither rewrites it (while the kernel reads it)
+  nor removes it (see inner.new_manager, for a prelaunched kernel).
 
 This module imports ipykernel: import the jupyter_client helpers where they
-are used, so that code running before ipykernel is loaded (inner.prelaunch)
+are used, so that code running before ipykernel is loaded (prelaunch)
 does not load it.
 """
 
@@ -45,6 +48,11 @@ from jupyter_client.session import Session
 def add_digest(session: Session, signature: bytes) -> None:
     """Record ``signature`` against replays, culling the history as Session does."""
     session._add_digest(signature)
+
+
+def written_by(manager: t.Any) -> None:
+    """Make ``manager`` treat the connection file it loaded as its own: kept as it is, removed at cleanup."""
+    manager._connection_file_written = True
 
 
 def control_socket(manager: t.Any) -> zmq.Socket | None:

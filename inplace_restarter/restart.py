@@ -72,7 +72,7 @@ class InPlaceRestarter:
         ``cell`` that asked for it, if any, is told how long it took and
         parents the comm_closes.
         """
-        started = time.monotonic()
+        started = time.time()
         old = self.kernels.current
         self.ready.clear()
         if old is not None and old.relay is not None:
@@ -86,11 +86,12 @@ class InPlaceRestarter:
             raise
         await self.subshells.carry(new)
         self._publish("status", {"execution_state": "starting"}, {})
-        message = f"Restarted the kernel in place in {time.monotonic() - started:.1f} s"
+        message = f"Restarted the kernel in place in {time.time() - started:.1f} s"
         if self.job is not None:
             message += f" ({self.job.describe()})"
-        # A warning, so that the server's log shows every restart, however asked for.
-        self.log.warning("%s", message)
+        # Normal operation: INFO, so that a client that shows the kernel's
+        # stderr (jupyter console) does not print it a second time.
+        self.log.info("%s; %s", message, timeline(started, new, old))
         if cell is not None:
             self.tell(message + "\n", cell, "stdout")
         self.use(new)
@@ -112,3 +113,12 @@ class InPlaceRestarter:
     def tell(self, text: str, cell: dict, name: str = "stderr") -> None:
         """Write into the output of request ``cell``, as the kernel's stdout or stderr."""
         self._publish("stream", {"name": name, "text": text}, cell)
+
+
+def timeline(started: float, new: InnerKernel, old: InnerKernel | None) -> str:
+    """Where a restart's time went, for the log: the new kernel's launch and readiness, the old one's end."""
+    steps = {"new kernel launched": new.launched_at, "new kernel ready": new.ready_at}
+    if old is not None:
+        steps["old kernel gone"] = old.gone_at
+    known = sorted((at, step) for step, at in steps.items() if at is not None)
+    return "since it began: " + ", ".join(f"{step} at {at - started:.3f} s" for at, step in known)

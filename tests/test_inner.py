@@ -12,9 +12,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from jupyter_client.connect import write_connection_file
-
-from inplace_restarter.inner import kill_if_running, prelaunch
 
 from .helpers import ended, execute, inner_pid, needs, running, stdout_of
 from .spec_helpers import proxied, write_spec
@@ -91,33 +88,6 @@ def test_a_kernel_shutting_down_for_a_restart_yields_the_cpu_to_its_successor(pr
     assert seen.read_text() == "19", "the old kernel ran its exit at the lowest priority"
     _, outputs = execute(kc, "import os; print(os.nice(0))")
     assert stdout_of(outputs) == "0\n", "the new kernel runs at normal priority"
-
-
-@pytest.mark.parametrize(
-    "option", [["-f", "{file}"], ["-f={file}"], ["--f={file}"], ["--ProxyKernelApp.connection_file", "{file}"]]
-)
-def test_the_inner_kernel_is_launched_first_with_the_key_of_the_clients_connection_file(
-    specs, kernels_dir, tmp_path, option
-):
-    connection_file = tmp_path / "kernel.json"
-    write_connection_file(str(connection_file), key=b"the client's key", signature_scheme="hmac-sha512")
-    argv = [arg.format(file=connection_file) for arg in option] + ["--resource-dir", str(kernels_dir / "proxied")]
-    manager, folder = prelaunch(argv)
-    try:
-        info = json.loads(Path(manager.connection_file).read_text())
-        assert (info["key"], info["signature_scheme"]) == ("the client's key", "hmac-sha512")
-        assert manager.provisioner.process.poll() is None
-    finally:
-        kill_if_running(manager)
-        shutil.rmtree(folder)
-
-
-def test_without_a_connection_file_to_read_the_key_from_the_proxy_launches_the_kernel_later(
-    specs, kernels_dir, tmp_path
-):
-    spec_dir = f"--resource-dir={kernels_dir / 'proxied'}"
-    assert prelaunch([spec_dir]) is None
-    assert prelaunch(["-f", str(tmp_path / "not-there.json"), spec_dir]) is None
 
 
 def unused_pid() -> int:

@@ -19,12 +19,15 @@ from .helpers import (
     inner_connection_file,
     inner_pid,
     iopub_until_idle,
+    is_running,
     kernel_pid,
     reply_to,
     running,
+    send,
     stderr_of,
     stdout_of,
     wait_for_inner_count,
+    wait_for_stream,
     wait_until,
 )
 
@@ -83,6 +86,15 @@ def test_code_after_restart_runs_in_the_new_kernel(proxy):
     assert lines[1] == f"{inner_pid(km)} False"
 
 
+def test_a_restart_is_logged_at_info_so_a_console_showing_stderr_prints_it_once(proxy_with, tmp_path):
+    for level, logged in (("WARN", False), ("INFO", True)):
+        log = tmp_path / f"{level}.log"
+        with open(log, "wb") as stderr, proxy_with(f"--log-level={level}", stderr=stderr) as (_, kc):
+            _, outputs = execute(kc, "%restart")
+            assert stdout_of(outputs).startswith("Restarted the kernel in place in ")
+        assert ("Restarted the kernel in place in " in log.read_text()) is logged, level
+
+
 def test_restart_help_explains_and_restarts_nothing(proxy):
     km, kc = proxy
     before = inner_pid(km)
@@ -120,6 +132,76 @@ def test_restart_with_an_unknown_option_is_an_error(proxy):
     assert stderr_of(outputs) == "UsageError: %restart takes no option '--sideways'; see %restart --help\n"
     assert len([m for m in outputs if m["msg_type"] == "stream"]) == 1
     assert not any(m["msg_type"] == "error" for m in outputs)
+
+
+def test_when_restart_replies_the_old_kernel_and_every_process_it_started_are_gone(proxy):
+    km, kc = proxy
+    old = kernel_pid(kc)
+    _, outputs = execute(kc, "import subprocess\nchild = subprocess.Popen(['sleep', '600'])\nprint(child.pid)")
+    child = int(stdout_of(outputs))
+    reply, _ = execute(kc, "%restart")
+    assert reply["content"]["status"] == "ok"
+    assert not is_running(old) and not is_running(child)
+    assert kernel_pid(kc) == inner_pid(km) != old
+
+
+def test_no_output_of_the_old_kernel_reaches_the_client_after_the_restart_message(proxy):
+    _, kc = proxy
+    ticking = kc.execute(
+        "import threading, time\n"
+        "def tick():\n"
+        "    while True:\n"
+        "        print('tick', flush=True)\n"
+        "        time.sleep(0.001)\n"
+        "threading.Thread(target=tick, daemon=True).start()"
+    )
+    wait_for_stream(kc, ticking, "tick")
+    kc.execute("%restart")
+    after = kc.execute("print('after')")
+    seen = iopub_until_idle(kc, after, everything=True)
+    texts = [m["content"]["text"] for m in seen if m["msg_type"] == "stream"]
+    restarted = next(i for i, text in enumerate(texts) if text.startswith("Restarted the kernel in place"))
+    assert not [text for text in texts[restarted:] if "tick" in text]
+    assert texts[-1] == "after\n"
+
+
+@pytest.mark.timeout(120)
+def test_a_kernel_that_ignores_sigterm_and_hangs_on_its_way_out_is_replaced_all_the_same(proxy):
+    km, kc = proxy
+    old = kernel_pid(kc)
+    execute(
+        kc,
+        "import atexit, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\natexit.register(time.sleep, 600)",
+    )
+    reply, outputs = execute(kc, "%restart", timeout=60)
+    assert reply["content"]["status"] == "ok"
+    assert stdout_of(outputs).startswith("Restarted the kernel in place in ")
+    assert not is_running(old)
+    assert kernel_pid(kc) == inner_pid(km) != old
+
+
+def test_an_interrupt_during_a_restart_lets_it_finish_and_leaves_the_new_kernel_unharmed(proxy):
+    _, kc = proxy
+    old = kernel_pid(kc)
+    restart = kc.execute("%restart")
+    # The marker: the old kernel's priority drops as its shutdown begins (see inner.InnerKernel._yield_cpu).
+    wait_until(lambda: not is_running(old) or psutil.Process(old).nice() == 19, "the restart to be under way")
+    interrupt = send(kc, "control", "interrupt_request")
+    assert reply_to(kc, interrupt, channel="control", timeout=30)["content"]["status"] == "ok"
+    assert reply_to(kc, restart, timeout=60)["content"]["status"] == "ok"
+    reply, outputs = execute(kc, "print('after')")
+    assert reply["content"]["status"] == "ok"
+    assert stdout_of(outputs) == "after\n"
+
+
+def test_two_restarts_sent_at_once_restart_twice_and_leave_one_kernel(proxy):
+    km, kc = proxy
+    first, second = kc.execute("%restart"), kc.execute("%restart")
+    for msg_id in (first, second):
+        assert reply_to(kc, msg_id, timeout=60)["content"]["status"] == "ok"
+        outputs = iopub_until_idle(kc, msg_id)
+        assert stdout_of(outputs).startswith("Restarted the kernel in place in ")
+    assert kernel_pid(kc) == inner_pid(km)
 
 
 @pytest.mark.timeout(300)

@@ -41,8 +41,8 @@ ROOT = Path(__file__).parents[1]
 
 @pytest.fixture
 def button(proxy_with, tmp_path):
-    """A running proxied kernel launched by the provisioner; its stderr (the log) in tmp_path/kernel.log."""
-    with open(tmp_path / "kernel.log", "wb") as log, proxy_with(provisioner={}, stderr=log) as pair:
+    """A running proxied kernel launched by the provisioner; its stderr (the log, at INFO) in tmp_path/kernel.log."""
+    with open(tmp_path / "kernel.log", "wb") as log, proxy_with("--log-level=INFO", provisioner={}, stderr=log) as pair:
         yield pair
 
 

@@ -146,7 +146,6 @@ def test_rest_and_websocket_drive_a_kernel_on_node2_through_both_restarts_and_an
         assert len({pid, pid_cell, pid_rest}) == 3, "a new kernel behind the proxy at each restart"
         assert [j["id"] for j in cluster.jobs()] == [job], "one job, the same, throughout"
         assert connection_ip(jupyter_dirs, kernel["id"]) == cluster.address("node2")
-        assert "Restarted the kernel in place in" in server.log()
 
         server.api(f"/api/kernels/{kernel['id']}", "DELETE")
         print(f"queue empty {cluster.wait_for_empty_queue(15):.1f} s after DELETE /api/kernels/{{id}}")

@@ -71,7 +71,6 @@ def test_rest_restart_keeps_the_proxy_and_restarts_the_kernel_behind_it(
         (proxy, inner), (proxy_after, inner_after) = start_and_restart(server, jupyter_dirs)
         assert proxy_after == proxy
         assert inner_after and not inner_after & inner
-        assert "Restarted the kernel in place in" in server.log()
 
 
 @pytest.mark.parametrize("where", ["environment", "config"])
