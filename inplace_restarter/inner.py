@@ -54,9 +54,9 @@ class _OneSpec(KernelSpecManager):
         return self.spec
 
 
-def inner_kernel_spec(resource_dir: str | None, argv: list[str] | None = None) -> KernelSpec:
-    """The spec the inner kernel starts from; raises kernelspec.SpecError."""
-    fields = kernelspec.inner_spec_fields(resource_dir, argv)
+def inner_kernel_spec(resource_dir: str | None, argv: list[str] | None = None, extra: list[str] = ()) -> KernelSpec:
+    """The spec the inner kernel starts from, ``extra`` after its argv; raises kernelspec.SpecError."""
+    fields = kernelspec.inner_spec_fields(resource_dir, argv, extra)
     known = {k: v for k, v in fields.items() if KernelSpec.class_traits().get(k) is not None}
     return KernelSpec(**{**known, "resource_dir": str(resource_dir or "")})
 
@@ -188,9 +188,28 @@ def _option(argv: list[str], names: tuple[str, ...]) -> str | None:
     return None
 
 
-def prelaunch(argv: list[str]) -> tuple[AsyncKernelManager, Path] | None:
+def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The proxy's own arguments and the kernel's (jupyter_client's ``extra_arguments``): see kernelspec.split_arguments.
+
+    The one place they are told apart, before anything reads them.  With
+    the inner argv after ``--``, jupyter_client's additions already follow it.
+    """
+    if "--" in argv:
+        return argv, []
+    resource_dir = _option(argv, ("--resource-dir", "--ProxyKernelApp.resource_dir"))
+    try:
+        spec_argv = kernelspec.read_kernel_json(resource_dir).get("argv") if resource_dir else None
+    except kernelspec.SpecError:
+        spec_argv = None
+    if not isinstance(spec_argv, list) or not all(isinstance(arg, str) for arg in spec_argv):
+        return argv, []
+    return kernelspec.split_arguments(argv, spec_argv)
+
+
+def prelaunch(argv: list[str], extra: list[str] = ()) -> tuple[AsyncKernelManager, Path] | None:
     """Launch the inner kernel before the proxy imports ipykernel, so both start at once.
 
+    ``argv`` are the proxy's own arguments, ``extra`` the kernel's (see split_arguments).
     Only the proxy's own arguments that say which kernel to start and the
     key in its connection file are read here; on anything unusual this
     returns None and the proxy starts the kernel later, reporting errors the
@@ -205,7 +224,7 @@ def prelaunch(argv: list[str]) -> tuple[AsyncKernelManager, Path] | None:
     if not (resource_dir or inner_argv) or not connection_file:
         return None
     try:
-        spec = inner_kernel_spec(resource_dir, inner_argv)
+        spec = inner_kernel_spec(resource_dir, inner_argv, extra)
         info = json.loads(Path(connection_file).read_text())
         # The connection file's key and scheme are the ones the proxy will use.
         key, scheme = info["key"].encode(), info["signature_scheme"]
