@@ -47,12 +47,18 @@ class InnerKernelDied(Exception):
         self.returncode = returncode
 
 
+class Unanswered(Exception):
+    """The inner kernel ended a request without replying to it (a control request of a type it does not know)."""
+
+
 @dataclass
 class Pending:
     """A forwarded request, until its reply and its idle status are back."""
 
     parent: dict
     ident: list
+    #: the inner kernel's channel it went on
+    channel: str = "shell"
     reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     idle: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     skip_execute_input: bool = False
@@ -145,7 +151,7 @@ class Relay:
         header = parent["header"]
         msg_type = header["msg_type"]
         pending = self.pending[header["msg_id"]] = Pending(
-            parent, ident, skip_execute_input=skip_execute_input, relay_status=relay_status
+            parent, ident, channel, skip_execute_input=skip_execute_input, relay_status=relay_status
         )
         if subshell_id is not None and subshell_id != header.get("subshell_id"):
             self._renamed[header["msg_id"]] = header
@@ -376,6 +382,25 @@ class Relay:
         finished = pending.reply.done() or not pending.has_reply
         if pending.relay_status and finished and self.pending.get(msg_id) is pending:
             del self.pending[msg_id]
+        elif pending.relay_status and not finished and pending.channel == "control":
+            self._unless_answered(pending)
+
+    def _unless_answered(self, pending: Pending) -> None:
+        """A control request idle before its reply: fail it with Unanswered unless a reply is on its way.
+
+        A kernel takes control requests one at a time and replies before its
+        idle; the reply to a request sent after this one, on the same socket,
+        comes after any reply to this one.  Only a reply overtaken by the idle
+        (they come on different sockets) costs that round trip.
+        """
+        marker = self.ask("kernel_info_request", {}, pending.channel)
+
+        def answered(future: asyncio.Future) -> None:
+            self.pending.pop(marker.parent["header"]["msg_id"], None)
+            if not future.cancelled() and not pending.reply.done():
+                pending.reply.set_exception(Unanswered(pending.parent["header"]["msg_type"]))
+
+        marker.reply.add_done_callback(answered)
 
     async def create_subshell(self, timeout: float = 10) -> str:
         """Create a subshell in the inner kernel; its id."""
