@@ -421,6 +421,7 @@ class ProxyKernel(WrapperKernelBase):
             relay.track_client_comm(parent)
         if subshell_id is not None:
             options["subshell_id"] = self.subshells.inner_id(subshell_id)
+        await relay.connect(idents)
         pending = relay.forward(parent, idents, frames, relay_status=not own_status, **options)
         if not pending.has_reply:
             return {}
@@ -709,11 +710,11 @@ class ProxyKernel(WrapperKernelBase):
     def _on_stdin(self, frames: list) -> None:
         """The client's input_reply, for the inner kernel's pending input_request."""
         try:
-            _, frames = self.session.feed_identities(frames, copy=False)
+            idents, frames = self.session.feed_identities(frames, copy=False)
             msg = self.session.deserialize(frames, content=True, copy=False)
         except Exception:
             self.log.warning("Dropped a malformed message on stdin", exc_info=True)
             return
         inner = self.kernels.current
         if inner is not None and inner.relay is not None:
-            inner.relay.input_reply(msg)
+            inner.relay.input_reply(msg, idents)
