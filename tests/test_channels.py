@@ -17,7 +17,7 @@ from .helpers import (
     stdout_of,
     wait_for_file,
 )
-from .test_subshells import blocking_cell
+from .test_subshells import blocking_cell, create_subshell, on_subshell
 
 ECHO_TARGET = """
 def _echo(comm, open_msg):
@@ -202,7 +202,7 @@ def test_a_cell_sent_right_after_comm_messages_runs_after_them(proxy):
 CONTROL_CELLS = [f"import time\ntime.sleep({s})\nprint({s})" for s in ("0.6", "0.3", "0.1")]
 
 
-def control_cells_beside_a_running_cell(kernel: str, tmp_path) -> list[tuple]:
+def control_cells_beside_a_running_cell(kernel: str, tmp_path, subshell: bool = False) -> list[tuple]:
     """Three cells sent on control while a cell runs on shell: what the client sees of them, in order.
 
     Each reply on control, and each iopub message up to the last one's idle,
@@ -210,7 +210,8 @@ def control_cells_beside_a_running_cell(kernel: str, tmp_path) -> list[tuple]:
     """
     started, release = tmp_path / f"started-{kernel}", tmp_path / f"release-{kernel}"
     with running(kernel) as (_, kc):
-        on_shell = kc.execute(blocking_cell(started, release))
+        cell = blocking_cell(started, release)
+        on_shell = on_subshell(kc, create_subshell(kc), cell) if subshell else kc.execute(cell)
         wait_for_file(started)
         ids = [send(kc, "control", "execute_request", {"code": code, "silent": False}) for code in CONTROL_CELLS]
         names = {on_shell: "the shell's cell", **{msg_id: f"control {n}" for n, msg_id in enumerate(ids)}}
@@ -227,9 +228,12 @@ def control_cells_beside_a_running_cell(kernel: str, tmp_path) -> list[tuple]:
     ]
 
 
-def test_cells_on_control_are_answered_there_in_order_beside_a_cell_running_on_shell(specs, tmp_path):
+@pytest.mark.parametrize("subshell", [False, True], ids=["main shell", "subshell"])
+def test_cells_on_control_are_answered_there_in_order_beside_a_cell_running_on_shell(specs, tmp_path, subshell):
     """ipykernel serves any request on control, one at a time in arrival order: a cell's reply there, output on iopub."""
-    direct, proxied = (control_cells_beside_a_running_cell(kernel, tmp_path) for kernel in ("direct", "proxied"))
+    direct, proxied = (
+        control_cells_beside_a_running_cell(kernel, tmp_path, subshell) for kernel in ("direct", "proxied")
+    )
     replies = [(kind, parent, content["status"]) for kind, parent, content in proxied[:3]]
     assert replies == [("execute_reply", f"control {n}", "ok") for n in range(3)]
     assert "".join(c["text"] for kind, _, c in proxied if kind == "stream") == "0.6\n0.3\n0.1\n"
