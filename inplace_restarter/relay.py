@@ -273,16 +273,21 @@ class Relay:
             route.stop_monitor()
 
     def _evict(self) -> None:
-        """Close the sockets of the clients least recently heard from, beyond MAX_ROUTES, with nothing pending."""
+        """Close the sockets of the clients least recently heard from, beyond MAX_ROUTES, with nothing pending.
+
+        One still connecting has a request waiting to go out on it.
+        """
         busy = {bytes(p.ident[0]) for p in self.pending.values() if p.ident}
-        for key in list(self._routes):
+        for key, route in list(self._routes.items()):
             if len(self._routes) < MAX_ROUTES:
                 return
-            if key not in busy:
+            if key not in busy and route.ready.done():
                 self._close_route(self._routes.pop(key))
 
     def _close_route(self, route: Route) -> None:
         self._stop_monitor(route)
+        # A request waiting to go out on it then finds the relay closed (see connect).
+        route.ready.cancel()
         for socket in route.sockets.values():
             self._loop.remove_reader(socket.FD)
             self._handlers.pop(socket, None)

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import psutil
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from .helpers import execute, iopub_until, iopub_until_idle, reply_to, running, send, stream_text
+from inplace_restarter.relay import MAX_ROUTES
+
+from .helpers import (
+    execute,
+    inner_connection_file,
+    iopub_until,
+    iopub_until_idle,
+    reply_to,
+    running,
+    send,
+    stream_text,
+)
 
 #: Cells whose iopub output covers every output message type.
 CORPUS = [
@@ -215,3 +230,22 @@ def test_input_goes_to_the_client_whose_cell_asks_for_it(specs, kernel):
                 assert not other.stdin_channel.msg_ready(), "the other client was not asked"
         finally:
             second.stop_channels()
+
+
+def test_the_sockets_kept_for_clients_that_came_and_went_are_bounded(proxy):
+    """Each client gets sockets of its own to the inner kernel; those of clients long gone are closed."""
+    km, _ = proxy
+    shell_port = json.loads(Path(inner_connection_file(km)).read_text())["shell_port"]
+    for _ in range(MAX_ROUTES + 8):
+        kc = connected(km)
+        try:
+            assert kc.complete("pri", reply=True, timeout=10)["content"]["status"] == "ok"
+        finally:
+            kc.stop_channels()
+    to_shell = [
+        c
+        for c in psutil.Process(km.provisioner.pid).net_connections("tcp")
+        if c.raddr and c.raddr.port == shell_port and c.status == psutil.CONN_ESTABLISHED
+    ]
+    # The proxy's own socket, and those of at most MAX_ROUTES clients.
+    assert MAX_ROUTES // 2 < len(to_shell) <= MAX_ROUTES + 1
