@@ -15,7 +15,7 @@ from pprint import pformat
 
 import pytest
 
-from .helpers import execute, iopub_until_idle, reply_to, running, send, wait_for_file
+from .helpers import execute, iopub_until, iopub_until_idle, reply_to, running, send, wait_for_file
 from .test_relay import normalised
 
 KERNELS = ("direct", "proxied")
@@ -181,3 +181,39 @@ def test_a_request_on_control_is_answered_before_shell_requests_queued_behind_a_
         return [names[m["parent_header"]["msg_id"]] for m in (first, *shell)]
 
     same(each_kernel(order))
+
+
+def test_input_request_is_the_one_the_kernel_sends(each_kernel):
+    def asked(kc):
+        msg_id = kc.execute("secret = __import__('getpass').getpass('pw: ')\nname = input('name? ')", allow_stdin=True)
+        requests = []
+        for value in ("s3cret", "Ada"):
+            requests.append(normalised(kc.get_stdin_msg(timeout=10)))
+            kc.input(value)
+        reply = reply_to(kc, msg_id)
+        return requests, reply["content"]["status"], execute(kc, "print(secret, name)")[1][-2]["content"]
+
+    same(each_kernel(asked))
+
+
+def test_a_comm_opened_for_a_target_the_kernel_lacks_is_closed_again(each_kernel):
+    def without_reply(kc):
+        msg_id = send(kc, "shell", "comm_open", {"comm_id": "c0", "target_name": "nowhere", "data": {}})
+        return [normalised(m) for m in iopub_until_idle(kc, msg_id)]
+
+    same(each_kernel(without_reply))
+
+
+def test_interrupt_reply_is_the_kernels(each_kernel):
+    """On control; ipykernel 7.4 used directly interrupts itself on an idle shell's interrupt_request and never replies."""
+    same(each_kernel(lambda kc: answer(kc, "interrupt_request", {}, "control")))
+
+
+def test_shutdown_is_answered_on_control_and_announced_on_iopub_alike(each_kernel):
+    def shutdown(kc):
+        msg_id = send(kc, "control", "shutdown_request", {"restart": False})
+        reply = reply_to(kc, msg_id, channel="control")
+        announced = iopub_until(kc, msg_id, lambda m: m["msg_type"] == "shutdown_reply", timeout=30)
+        return normalised(reply), [normalised(m) for m in announced]
+
+    same(each_kernel(shutdown))
