@@ -651,23 +651,24 @@ class ProxyKernel(WrapperKernelBase):
             routed = self._routable(msg)
             if routed is None:
                 return
-            msg_type = routed[2]["header"]["msg_type"]
-            if msg_type in OWN_CONTROL or msg_type in SUBSHELL_CONTROL:
+            idents, frames, request = routed
+            try:
+                content = self.session.unpack(request["content"])
+            except Exception:
+                content = None
+            msg_type = request["header"]["msg_type"]
+            # Content that is not an object: ipykernel's dispatch refuses it as the inner kernel would.
+            if msg_type in OWN_CONTROL or msg_type in SUBSHELL_CONTROL or not isinstance(content, dict):
                 await self.process_control(msg)
             else:
-                await self._on_main(self._relay_on_control(*routed))
+                await self._on_main(self._relay_on_control(idents, frames, {**request, "content": content}))
 
-    async def _relay_on_control(self, idents: list, frames: list, request: dict) -> None:
+    async def _relay_on_control(self, idents: list, frames: list, parent: dict) -> None:
         """A control request the inner kernel answers, on the main loop; a ``%restart`` cell is refused."""
         if not self._spent(frames):
             return
-        try:
-            content = self.session.unpack(request["content"])
-        except Exception:
-            content = None
-        parent = {**request, "content": content}
-        code = content.get("code") if isinstance(content, dict) else None
-        if request["header"]["msg_type"] == "execute_request" and isinstance(code, str) and parse_restart(code):
+        code = parent["content"].get("code")
+        if parent["header"]["msg_type"] == "execute_request" and isinstance(code, str) and parse_restart(code):
             self._refuse_restart(parent, idents, "a request on the control channel", "control")
             return
         await self._forward(parent, idents, frames, channel="control")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pprint import pformat
 
 import pytest
+from jupyter_client.session import DELIM
 
 from .helpers import (
     execute,
@@ -286,3 +287,15 @@ def test_restart_on_control_is_a_usage_error_and_restarts_nothing(proxy):
     reply = reply_to(kc, msg_id, channel="control")
     assert reply["content"]["ename"] == "UsageError"
     assert inner_pid(km) == pid
+
+
+@pytest.mark.parametrize("kernel", ["direct", "proxied"])
+def test_a_control_request_whose_content_is_not_an_object_holds_up_no_later_one(specs, kernel):
+    """ipykernel refuses it without a reply; the control channel goes on."""
+    with running(kernel) as (_, kc):
+        header, parent, metadata, _ = kc.session.serialize(kc.session.msg("execute_request", {}))[2:]
+        parts = [header, parent, metadata, b"[1]"]
+        kc.control_channel.socket.send_multipart([DELIM, kc.session.sign(parts), *parts])
+        msg_id = send(kc, "control", "execute_request", {"code": "1 + 1"})
+        reply = kc.get_control_msg(timeout=30)
+        assert (reply["parent_header"]["msg_id"], reply["content"]["status"]) == (msg_id, "ok")
