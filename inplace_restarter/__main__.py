@@ -45,13 +45,14 @@ def main(argv: list[str] | None = None) -> None:
         from .cli import main as cli_main
 
         sys.exit(cli_main(argv))
-    from .prelaunch import prelaunch
+    from .prelaunch import prelaunch, split_arguments
 
-    prelaunched = prelaunch(argv)
+    argv, kernel_arguments = split_arguments(argv)
+    prelaunched = prelaunch(argv, kernel_arguments)
     defer_ipython_init()
     from .app import launch
 
-    launch(argv, prelaunched)
+    launch(argv, prelaunched, kernel_arguments)
 
 
 if __name__ == "__main__":

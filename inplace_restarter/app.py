@@ -100,6 +100,10 @@ python -m inplace_restarter list|install|remove|wizard --help"""
     prelaunched = Any(None, help="The inner kernel launched before the app (a prelaunch.Prelaunched), if any.")
     #: time.time() of each step of the start, logged once the first inner kernel is ready
     timeline: dict[str, float]
+    kernel_arguments = List(
+        Unicode(),
+        help="Arguments after the proxy's own (a client's extra_arguments): the inner kernel's, after its argv.",
+    )
     #: the server's addresses when the provisioner asked for a report of where the proxy is (see reach)
     report_to: list[str] | None = None
 
@@ -120,7 +124,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         if self.extra_args:
             self.inner_argv = self.extra_args
         try:
-            inner_spec = inner_kernel_spec(self.resource_dir, self.inner_argv)
+            inner_spec = inner_kernel_spec(self.resource_dir, self.inner_argv, self.kernel_arguments)
         except kernelspec.SpecError as e:
             self.log.critical("%s", e)
             self.exit(2)
@@ -360,5 +364,8 @@ def process_start() -> float | None:
     return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def launch(argv: list[str] | None = None, prelaunched=None) -> None:
-    ProxyKernelApp.launch_instance(argv if argv is not None else sys.argv[1:], prelaunched=prelaunched)
+def launch(argv: list[str] | None = None, prelaunched=None, kernel_arguments: list[str] = ()) -> None:
+    """Run the proxy with its own ``argv``; ``kernel_arguments`` are the inner kernel's (see prelaunch.split_arguments)."""
+    ProxyKernelApp.launch_instance(
+        argv if argv is not None else sys.argv[1:], prelaunched=prelaunched, kernel_arguments=list(kernel_arguments)
+    )

@@ -50,9 +50,9 @@ class _OneSpec(KernelSpecManager):
         return self.spec
 
 
-def inner_kernel_spec(resource_dir: str | None, argv: list[str] | None = None) -> KernelSpec:
-    """The spec the inner kernel starts from; raises kernelspec.SpecError."""
-    fields = kernelspec.inner_spec_fields(resource_dir, argv)
+def inner_kernel_spec(resource_dir: str | None, argv: list[str] | None = None, extra: list[str] = ()) -> KernelSpec:
+    """The spec the inner kernel starts from, ``extra`` after its argv; raises kernelspec.SpecError."""
+    fields = kernelspec.inner_spec_fields(resource_dir, argv, extra)
     known = {k: v for k, v in fields.items() if KernelSpec.class_traits().get(k) is not None}
     return KernelSpec(**{**known, "resource_dir": str(resource_dir or "")})
 

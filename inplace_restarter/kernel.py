@@ -14,9 +14,12 @@ reads each shell message once and decides once:
   gets the inner kernel's own busy and idle, reply and output as it sent them;
   with no inner kernel to answer, the proxy answers (:meth:`ProxyKernel._answer_dead`).
 
-Jupyter's own restart arrives as a shutdown_request on control
-(:meth:`ProxyKernel.shutdown_request`); debug, usage and subshell requests on
-control are forwarded by :meth:`ProxyKernel._relay_control`.
+Control requests are taken one at a time, in order, as a kernel takes them
+(:meth:`ProxyKernel.dispatch_control`): the proxy's own (interrupt, shutdown,
+kernel_info, connect; Jupyter's own restart arrives as a shutdown_request, see
+:meth:`ProxyKernel.shutdown_request`), subshell requests under the ids the
+client holds (:meth:`ProxyKernel._relay_control`), and every other request,
+whatever its type, relayed as it came, its reply and status the inner kernel's.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from .job import Job, JobNotices, watch_end, where
 from .kernelbase import WrapperKernelBase
 from .prelaunch import Prelaunched
 from .provisioner import ENV_NAME, REPLY_KEY
-from .relay import InnerKernelDied, Pending
+from .relay import InnerKernelDied, Pending, Unanswered
 from .rescue import RescuePolicy, Rescuer
 from .restart import InPlaceRestarter
 from .subshells import CONTROL_TYPES as SUBSHELL_CONTROL
@@ -81,6 +84,10 @@ RELAYED = frozenset(
         *COMM_MSG_TYPES,
     }
 )
+
+
+#: control requests the proxy answers itself (kernel_info and connect as on shell: the same argv, its own ports)
+OWN_CONTROL = frozenset({"interrupt_request", "shutdown_request", "kernel_info_request", "connect_request"})
 
 
 @dataclass
@@ -342,21 +349,11 @@ class ProxyKernel(WrapperKernelBase):
         ):
             await self.dispatch(msg)
             return
-        if self.session.auth is not None:
-            try:
-                # Checked when the message came; a replay since is refused now, as ipykernel does.
-                spend(self.session, frames[0].bytes)
-            except ValueError:
-                self.log.error("Invalid Message", exc_info=True)
-                return
+        if not self._spent(frames):
+            return
         parent = {**request, "content": content}
         if cell is not None:
-            usage = "%restart restarts the whole kernel: run it in the notebook, not in a subshell"
-            self.publish_status("busy", parent)
-            self._tell(f"UsageError: {usage}\n", parent, "stderr")
-            error = {"status": "error", "ename": "UsageError", "evalue": usage, "traceback": []}
-            self._reply(parent, idents, {**error, "execution_count": self.execution_count})
-            self.publish_status("idle", parent)
+            self._refuse_restart(parent, idents, "a subshell")
             return
         notice = self.rescuer.take_notice() if execute and not on_subshell else None
         if notice is None:
@@ -365,6 +362,29 @@ class ProxyKernel(WrapperKernelBase):
         self.publish_status("busy", parent)
         self._tell(notice, parent, "stderr")
         await self._forward(parent, idents, own_status=True)
+        self.publish_status("idle", parent)
+
+    def _spent(self, frames: list) -> bool:
+        """Record a relayed request's signature against replays; False (logged) for a replay, refused as ipykernel does.
+
+        Checked when the message came; a replay since is refused now.
+        """
+        if self.session.auth is None:
+            return True
+        try:
+            spend(self.session, frames[0].bytes)
+        except ValueError:
+            self.log.error("Invalid Message", exc_info=True)
+            return False
+        return True
+
+    def _refuse_restart(self, parent: dict, idents: list, where: str, channel: str = "shell") -> None:
+        """A ``%restart`` cell where it cannot restart the whole kernel: a usage error, as IPython shows one."""
+        usage = f"%restart restarts the whole kernel: run it in the notebook, not in {where}"
+        self.publish_status("busy", parent)
+        self._tell(f"UsageError: {usage}\n", parent, "stderr")
+        error = {"status": "error", "ename": "UsageError", "evalue": usage, "traceback": []}
+        self._reply(parent, idents, {**error, "execution_count": self.execution_count}, channel)
         self.publish_status("idle", parent)
 
     async def _forward(
@@ -389,10 +409,11 @@ class ProxyKernel(WrapperKernelBase):
         the proxy's idle comes last.  ``options`` go to Relay.forward.
         """
         await self.restarter.ready.wait()
+        channel = options.get("channel", "shell")
         inner = self.kernels.current
         if inner is None or inner.relay is None:
             reason = "The kernel is not running; run %restart to start it"
-            return self._answer_dead(parent, idents, reason, own_status, False, answer)
+            return self._answer_dead(parent, idents, reason, own_status, False, answer, channel)
         relay = inner.relay
         header = parent["header"]
         msg_type, subshell_id = header["msg_type"], header.get("subshell_id")
@@ -400,17 +421,24 @@ class ProxyKernel(WrapperKernelBase):
             relay.track_client_comm(parent)
         if subshell_id is not None:
             options["subshell_id"] = self.subshells.inner_id(subshell_id)
+        await relay.connect(idents)
         pending = relay.forward(parent, idents, frames, relay_status=not own_status, **options)
         if not pending.has_reply:
             return {}
-        cell = msg_type == "execute_request" and subshell_id is None
+        cell = msg_type == "execute_request" and subshell_id is None and channel == "shell"
         if cell:
             self.rescuer.running_cell = parent
         try:
             reply = await relay.reply(pending, wait_idle=own_status)
         except InnerKernelDied as died:
             reason = await self.rescuer.after_death(inner, str(died), parent if cell else None)
-            return self._answer_dead(parent, idents, reason, own_status, pending.busy_relayed, answer)
+            return self._answer_dead(parent, idents, reason, own_status, pending.busy_relayed, answer, channel)
+        except Unanswered:
+            # The inner kernel took the request and will not reply (a type it does not know): no client waits forever.
+            content = self._error(parent, "UnansweredRequest", f"The kernel does not answer {msg_type}")
+            if answer:
+                self._reply(parent, idents, content, channel)
+            return {"header": {"msg_type": msg_type.replace("_request", "_reply")}, "content": content, "metadata": {}}
         finally:
             if cell:
                 self.rescuer.running_cell = None
@@ -419,7 +447,7 @@ class ProxyKernel(WrapperKernelBase):
             self.execution_count = reply["content"].get("execution_count", self.execution_count)
         if not answer:
             return reply
-        send_frames(self.shell_stream.socket, [*idents, *pending.reply_frames], copy=False)
+        self._to_client(channel, [*idents, *pending.reply_frames])
         if cell and reply["content"].get("status") == "error":
             content = parent["content"]
             if not content.get("silent") and content.get("stop_on_error", True):
@@ -433,7 +461,14 @@ class ProxyKernel(WrapperKernelBase):
         return reply
 
     def _answer_dead(
-        self, parent: dict, idents: list, reason: str, own_status: bool, busy_relayed: bool, answer: bool
+        self,
+        parent: dict,
+        idents: list,
+        reason: str,
+        own_status: bool,
+        busy_relayed: bool,
+        answer: bool,
+        channel: str = "shell",
     ) -> dict:
         """The proxy's answer to a request no inner kernel will answer (none runs, or it died on it).
 
@@ -454,7 +489,7 @@ class ProxyKernel(WrapperKernelBase):
         else:
             content = self._error(parent, "DeadKernelError", reason)
             if answer:
-                self._reply(parent, idents, content)
+                self._reply(parent, idents, content, channel)
         if not own_status:
             self.publish_status("idle", parent)
         return {"header": {"msg_type": msg_type.replace("_request", "_reply")}, "content": content, "metadata": {}}
@@ -467,10 +502,24 @@ class ProxyKernel(WrapperKernelBase):
             content = {**content, "execution_count": self.execution_count}
         return content
 
-    def _reply(self, parent: dict, idents: list, content: dict) -> None:
-        """A shell reply of the proxy's own."""
+    def _reply(self, parent: dict, idents: list, content: dict, channel: str = "shell") -> None:
+        """A reply of the proxy's own on ``channel``."""
         reply_type = parent["header"]["msg_type"].replace("_request", "_reply")
-        self.session.send(self.shell_stream, reply_type, content, parent, idents)
+        if channel == "shell":
+            self.session.send(self.shell_stream, reply_type, content, parent, idents)
+            return
+        msg = self.session.msg(reply_type, content, parent)
+        self._to_client(channel, self.session.serialize(msg, ident=idents))
+
+    def _to_client(self, channel: str, frames: list) -> None:
+        """A message for the client's shell or control socket, sent from the thread that owns that socket.
+
+        On control, behind the replies ipykernel's dispatch queued there.
+        """
+        if channel == "control":
+            self.control_thread.io_loop.add_callback(self.control_stream.send_multipart, frames, copy=False)
+        else:
+            send_frames(self.shell_stream.socket, frames, copy=False)
 
     def _publish(self, msg_type: str, content: dict, parent: dict) -> None:
         """A message of the proxy's own on the client's iopub."""
@@ -590,8 +639,42 @@ class ProxyKernel(WrapperKernelBase):
 
     # -- control requests the inner kernel answers ----------------------------------
 
+    async def dispatch_control(self, msg: list) -> None:
+        """Each control request in its turn, one at a time, as ipykernel takes them, beside whatever shell runs.
+
+        The proxy's own and subshell requests take ipykernel's dispatch, with
+        the proxy's busy and idle; every other one goes to the inner kernel as
+        the client signed it, on its control channel, and the client gets the
+        inner kernel's status, output and reply (:meth:`_relay_on_control`).
+        """
+        async with self.control_turn:
+            routed = self._routable(msg)
+            if routed is None:
+                return
+            idents, frames, request = routed
+            try:
+                content = self.session.unpack(request["content"])
+            except Exception:
+                content = None
+            msg_type = request["header"]["msg_type"]
+            # Content that is not an object: ipykernel's dispatch refuses it as the inner kernel would.
+            if msg_type in OWN_CONTROL or msg_type in SUBSHELL_CONTROL or not isinstance(content, dict):
+                await self.process_control(msg)
+            else:
+                await self._on_main(self._relay_on_control(idents, frames, {**request, "content": content}))
+
+    async def _relay_on_control(self, idents: list, frames: list, parent: dict) -> None:
+        """A control request the inner kernel answers, on the main loop; a ``%restart`` cell is refused."""
+        if not self._spent(frames):
+            return
+        code = parent["content"].get("code")
+        if parent["header"]["msg_type"] == "execute_request" and isinstance(code, str) and parse_restart(code):
+            self._refuse_restart(parent, idents, "a request on the control channel", "control")
+            return
+        await self._forward(parent, idents, frames, channel="control")
+
     async def _relay_control(self, stream, ident, parent) -> None:
-        """Forward a debug, usage or subshell request on control; ipykernel's control thread sends the status.
+        """Forward a subshell request on control; ipykernel's control thread sends the status.
 
         A kernel without subshells gets no subshell request (ipykernel's base
         logs it and sends no reply, as such a kernel does); the others get
@@ -605,7 +688,6 @@ class ProxyKernel(WrapperKernelBase):
         msg_type, content, metadata = reply["header"]["msg_type"], reply["content"], reply["metadata"]
         self.session.send(stream, msg_type, content, parent, ident, metadata=metadata)
 
-    debug_request = usage_request = _relay_control
     create_subshell_request = delete_subshell_request = list_subshell_request = _relay_control
 
     async def _forward_control(self, parent: dict, ident: list) -> dict:
@@ -629,11 +711,11 @@ class ProxyKernel(WrapperKernelBase):
     def _on_stdin(self, frames: list) -> None:
         """The client's input_reply, for the inner kernel's pending input_request."""
         try:
-            _, frames = self.session.feed_identities(frames, copy=False)
+            idents, frames = self.session.feed_identities(frames, copy=False)
             msg = self.session.deserialize(frames, content=True, copy=False)
         except Exception:
             self.log.warning("Dropped a malformed message on stdin", exc_info=True)
             return
         inner = self.kernels.current
         if inner is not None and inner.relay is not None:
-            inner.relay.input_reply(msg)
+            inner.relay.input_reply(msg, idents)

@@ -14,6 +14,8 @@ ipykernel 7.4:
   execute requests queued before its reply, ending that with a message its
   shell channel thread queues; the proxy runs no such thread, so it numbers
   the messages it receives and aborts exactly those received before.
+- ``_control_lock``, held while ``dispatch_control`` handles a control
+  request, one at a time.
 - ``_publish_status`` (the proxy's own busy and idle, for what it answers
   itself), ``_topic`` (its iopub topics), ``_parent_ident`` (the identities
   of the request being handled) and ``_execute_sleep``.
@@ -134,6 +136,11 @@ class WrapperKernelBase(Kernel):
     def publish_status(self, status: str, parent: dict) -> None:
         """The proxy's own busy or idle for shell request ``parent``."""
         self._publish_status(status, "shell", parent)
+
+    @property
+    def control_turn(self) -> asyncio.Lock:
+        """Held while a control request is handled: they take it in turn, in the order they came."""
+        return self._control_lock
 
     def parent_ident(self, channel: str) -> list:
         """The identities of the request ``channel`` is handling, to route its input_request."""

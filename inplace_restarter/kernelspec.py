@@ -97,10 +97,11 @@ def original_argv(spec: dict) -> list[str] | None:
     return list(argv) if argv else None
 
 
-def inner_spec_fields(resource_dir: str | Path | None, argv: list[str] | None = None) -> dict:
+def inner_spec_fields(resource_dir: str | Path | None, argv: list[str] | None = None, extra: list[str] = ()) -> dict:
     """The kernel.json fields of the kernel behind the proxy, as before install.
 
-    ``argv``, when given, replaces the saved original argv.
+    ``argv``, when given, replaces the saved original argv; ``extra`` (see
+    split_arguments) goes after it, as jupyter_client puts a client's.
     """
     spec = read_kernel_json(resource_dir) if resource_dir else {}
     if argv:
@@ -117,10 +118,43 @@ def inner_spec_fields(resource_dir: str | Path | None, argv: list[str] | None = 
             f"No inner kernel to start: {where} has no saved original argv; run "
             "'python -m inplace_restarter install NAME' on the spec, or give the argv after '--'"
         )
+    spec["argv"] = [*spec["argv"], *extra]
     spec.pop(LEGACY_ARGV_KEY, None)
     if isinstance(spec.get("metadata"), dict):
         spec["metadata"] = {k: v for k, v in spec["metadata"].items() if k != METADATA_KEY}
     return spec
+
+
+def proxy_arguments(spec_argv: list[str]) -> list[str] | None:
+    """What a kernel.json's argv gives the proxy (after ``-m inplace_restarter``), templates unfilled; None if no proxy."""
+    for index in range(len(spec_argv) - 1):
+        if spec_argv[index : index + 2] == ["-m", "inplace_restarter"]:
+            return spec_argv[index + 2 :]
+    return None
+
+
+def split_arguments(argv: list[str], spec_argv: list[str]) -> tuple[list[str], list[str]]:
+    """The proxy's own arguments, and those jupyter_client appended after the spec's for the kernel.
+
+    jupyter_client starts a kernel with the spec's argv followed by the
+    ``extra_arguments`` a client gives (``--profile-dir DIR``, say). The
+    proxy's own arguments are the ones ``spec_argv`` (its kernel.json's argv)
+    gives it, ``{connection_file}`` and other templates filled in, and any
+    arguments in front of them; everything after them is the kernel's.
+    A spec that does not run the proxy, or does not match, leaves all ``argv`` the proxy's.
+    """
+    written = proxy_arguments(spec_argv)
+    if not written:
+        return argv, []
+    patterns = [
+        re.compile(".*".join(re.escape(part) for part in re.split(r"\{[A-Za-z0-9_]+\}", arg)), re.DOTALL)
+        for arg in written
+    ]
+    for start in range(len(argv) - len(patterns) + 1):
+        end = start + len(patterns)
+        if all(pattern.fullmatch(arg) for pattern, arg in zip(patterns, argv[start:end], strict=True)):
+            return argv[:end], argv[end:]
+    return argv, []
 
 
 def is_legacy(spec: dict) -> bool:

@@ -115,6 +115,24 @@ def option(argv: list[str], names: tuple[str, ...]) -> str | None:
     return None
 
 
+def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The proxy's own arguments and the kernel's (jupyter_client's ``extra_arguments``): see kernelspec.split_arguments.
+
+    The one place they are told apart, before anything reads them.  With
+    the inner argv after ``--``, jupyter_client's additions already follow it.
+    """
+    if "--" in argv:
+        return argv, []
+    resource_dir = option(argv, ("--resource-dir", "--ProxyKernelApp.resource_dir"))
+    try:
+        spec_argv = kernelspec.read_kernel_json(resource_dir).get("argv") if resource_dir else None
+    except kernelspec.SpecError:
+        spec_argv = None
+    if not isinstance(spec_argv, list) or not all(isinstance(arg, str) for arg in spec_argv):
+        return argv, []
+    return kernelspec.split_arguments(argv, spec_argv)
+
+
 def kernel_command(fields: dict, connection_file: Path) -> list[str]:
     """The spec's argv with its templates filled in, as KernelManager.format_kernel_cmd fills them."""
     cmd = list(fields["argv"])
@@ -160,11 +178,12 @@ class Prelaunched:
     at: float
 
 
-def prelaunch(argv: list[str]) -> Prelaunched | None:
+def prelaunch(argv: list[str], extra: list[str] = ()) -> Prelaunched | None:
     """Launch the inner kernel before the proxy imports jupyter_client and ipykernel, so both start at once.
 
-    Only the proxy's own arguments that say which kernel to start and the key
-    in its connection file are read here.
+    ``argv`` are the proxy's own arguments, ``extra`` the kernel's (see
+    split_arguments).  Only the proxy's own arguments that say which kernel
+    to start and the key in its connection file are read here.
     """
     inner_argv = None
     if "--" in argv:
@@ -175,7 +194,7 @@ def prelaunch(argv: list[str]) -> Prelaunched | None:
     if not (resource_dir or inner_argv) or not connection_file:
         return None
     try:
-        fields = kernelspec.inner_spec_fields(resource_dir, inner_argv)
+        fields = kernelspec.inner_spec_fields(resource_dir, inner_argv, extra)
         fields["resource_dir"] = str(resource_dir or "")
         info = json.loads(Path(connection_file).read_text())
         # The connection file's key and scheme are the ones the proxy will use.

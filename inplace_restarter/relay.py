@@ -9,6 +9,11 @@ in (:meth:`Relay.forward`) and their replies on the way out.  Content is never
 decoded on the way out, except for the few messages whose meaning the proxy
 needs (a reply, status, and comm_open/comm_close to know which comms to close
 on restart).
+
+Each client reaches the inner kernel under its own zmq identity: a request
+goes out on sockets of that client's (:class:`Route`), so the kernel sees the
+client that asked as its parent's identity (ipykernel's ``_parent_ident``)
+and sends an ``input_request`` back to that client.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
+import zmq.utils.monitor
 from jupyter_client.session import DELIM, Session
 
 from .death import describe_exit
@@ -47,12 +53,69 @@ class InnerKernelDied(Exception):
         self.returncode = returncode
 
 
+#: the inner kernel's channels a client's requests and input replies go on
+ROUTED = ("stdin", "shell", "control")
+#: clients whose sockets are kept; beyond, the least recently heard from without a pending request is closed
+MAX_ROUTES = 32
+
+
+class Route:
+    """One client's sockets to the inner kernel, under the client's own identity.
+
+    zmq gives a ROUTER the identity of the socket a message came in on:
+    for the kernel to see the client's, the proxy speaks from a socket of
+    that identity.  Identities a socket cannot take (zmq's own, which start
+    with a zero byte) keep the proxy's shared sockets.
+    """
+
+    def __init__(self, context: zmq.Context, urls: dict[str, str], identity: bytes):
+        self.sockets: dict[str, zmq.Socket] = {}
+        for channel in ROUTED:
+            socket = self.sockets[channel] = context.socket(zmq.DEALER)
+            socket.linger = 1000
+            socket.identity = identity
+            if channel == "stdin":
+                # Connected before any request of the client's can make the kernel ask for input.
+                self.monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            socket.connect(urls[channel])
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    @staticmethod
+    def takes(identity: bytes) -> bool:
+        return 0 < len(identity) <= 255 and not identity.startswith(b"\0")
+
+    def stop_monitor(self) -> None:
+        if not self.monitor.closed:
+            self.sockets["stdin"].disable_monitor()
+            self.monitor.close()
+
+    def on_monitor(self) -> None:
+        while not self.ready.done():
+            try:
+                event = zmq.utils.monitor.recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.ready.set_result(None)
+
+    def close(self) -> None:
+        self.stop_monitor()
+        for socket in self.sockets.values():
+            socket.close()
+
+
+class Unanswered(Exception):
+    """The inner kernel ended a request without replying to it (a control request of a type it does not know)."""
+
+
 @dataclass
 class Pending:
     """A forwarded request, until its reply and its idle status are back."""
 
     parent: dict
     ident: list
+    #: the inner kernel's channel it went on
+    channel: str = "shell"
     reply: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     idle: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     skip_execute_input: bool = False
@@ -113,6 +176,10 @@ class Relay:
         }
         for socket in self._handlers:
             self._loop.add_reader(socket.FD, self._drain, socket)
+        #: where each channel of the inner kernel listens, for the clients' own sockets
+        self._urls = {channel: f"{info['transport']}://{info['ip']}:{info[f'{channel}_port']}" for channel in ROUTED}
+        #: each client's sockets, by its identity, least recently used first
+        self._routes: dict[bytes, Route] = {}
         iopub.watch(self)
 
     # -- requests -------------------------------------------------------------
@@ -145,13 +212,13 @@ class Relay:
         header = parent["header"]
         msg_type = header["msg_type"]
         pending = self.pending[header["msg_id"]] = Pending(
-            parent, ident, skip_execute_input=skip_execute_input, relay_status=relay_status
+            parent, ident, channel, skip_execute_input=skip_execute_input, relay_status=relay_status
         )
         if subshell_id is not None and subshell_id != header.get("subshell_id"):
             self._renamed[header["msg_id"]] = header
             header = {**header, "subshell_id": subshell_id}
         elif frames is not None and content is None:
-            self._send(channel, [DELIM, *frames], msg_type)
+            self._send(channel, [*self._beyond(ident), DELIM, *frames], msg_type, ident)
             return pending
         msg = self.session.msg(
             msg_type,
@@ -160,15 +227,82 @@ class Relay:
             header=header,
             metadata=parent.get("metadata") or {},
         )
-        self._send(channel, [*self.session.serialize(msg), *(parent.get("buffers") or ())], msg_type)
+        serialized = self.session.serialize(msg, ident=self._beyond(ident))
+        self._send(channel, [*serialized, *(parent.get("buffers") or ())], msg_type, ident)
         return pending
 
-    def ask(self, msg_type: str, content: dict, channel: str = "shell") -> Pending:
-        """Send a request of the proxy's own (kernel_info, shutdown, a subshell to create)."""
-        return self.forward(self.session.msg(msg_type, content), [], channel=channel, relay_status=False)
+    def _beyond(self, ident: list) -> list:
+        """The identities a client's own socket does not carry: those of routers between it and the proxy."""
+        return list(ident[1:]) if self._route(ident) is not None else []
 
-    def _send(self, channel: str, frames: list, msg_type: str) -> None:
-        socket = getattr(self.client, f"{channel}_channel").socket
+    def _route(self, ident: list) -> Route | None:
+        key = bytes(ident[0]) if ident else b""
+        return self._routes.get(key)
+
+    async def connect(self, ident: list) -> None:
+        """Give the client of ``ident`` its own sockets to the inner kernel, if it has none yet.
+
+        Returns once the kernel knows the client's stdin (or is gone), so an
+        ``input_request`` cannot be sent to a client it does not know yet.
+        Requests already on their way keep their order: they wait for the same future.
+        """
+        if not ident:
+            return
+        key = bytes(ident[0])
+        route = self._routes.pop(key, None)
+        if route is None:
+            if not Route.takes(key):
+                return
+            route = Route(self.client.context, self._urls, key)
+            for channel, socket in route.sockets.items():
+                self._handlers[socket] = self._on_stdin if channel == "stdin" else self._on_reply
+                self._loop.add_reader(socket.FD, self._drain, socket)
+            self._loop.add_reader(route.monitor.FD, route.on_monitor)
+            route.ready.add_done_callback(lambda _: self._stop_monitor(route))
+            route.on_monitor()
+            self._evict()
+        self._routes[key] = route
+        try:
+            await self._until(route.ready)
+        except InnerKernelDied:
+            pass
+
+    def _stop_monitor(self, route: Route) -> None:
+        if not route.monitor.closed:
+            self._loop.remove_reader(route.monitor.FD)
+            route.stop_monitor()
+
+    def _evict(self) -> None:
+        """Close the sockets of the clients least recently heard from, beyond MAX_ROUTES, with nothing pending.
+
+        One still connecting has a request waiting to go out on it.
+        """
+        busy = {bytes(p.ident[0]) for p in self.pending.values() if p.ident}
+        for key, route in list(self._routes.items()):
+            if len(self._routes) < MAX_ROUTES:
+                return
+            if key not in busy and route.ready.done():
+                self._close_route(self._routes.pop(key))
+
+    def _close_route(self, route: Route) -> None:
+        self._stop_monitor(route)
+        # A request waiting to go out on it then finds the relay closed (see connect).
+        route.ready.cancel()
+        for socket in route.sockets.values():
+            self._loop.remove_reader(socket.FD)
+            self._handlers.pop(socket, None)
+        route.close()
+
+    def ask(self, msg_type: str, content: dict, channel: str = "shell", ident: list = ()) -> Pending:
+        """Send a request of the proxy's own (kernel_info, shutdown, a subshell to create); ``ident``: on a client's sockets."""
+        return self.forward(self.session.msg(msg_type, content), list(ident), channel=channel, relay_status=False)
+
+    def _send(self, channel: str, frames: list, msg_type: str, ident: list = ()) -> None:
+        if self._closed:
+            # Replaced meanwhile (a restart): the request's reply raises InnerKernelDied.
+            return
+        route = self._route(ident)
+        socket = route.sockets[channel] if route is not None else getattr(self.client, f"{channel}_channel").socket
         send_frames(socket, frames, copy=False)
         # A send can take in what arrived meanwhile without waking the reader (zmq's edge-triggered FD).
         if socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -275,8 +409,8 @@ class Relay:
 
     def _drain(self, socket: zmq.Socket) -> None:
         """Hand every message waiting on ``socket`` to its handler."""
-        handler = self._handlers[socket]
-        while not self._closed:
+        handler = self._handlers.get(socket)
+        while handler is not None and not self._closed:
             try:
                 frames = recv_frames(socket, zmq.NOBLOCK)
             except zmq.Again:
@@ -376,6 +510,25 @@ class Relay:
         finished = pending.reply.done() or not pending.has_reply
         if pending.relay_status and finished and self.pending.get(msg_id) is pending:
             del self.pending[msg_id]
+        elif pending.relay_status and not finished and pending.channel == "control":
+            self._unless_answered(pending)
+
+    def _unless_answered(self, pending: Pending) -> None:
+        """A control request idle before its reply: fail it with Unanswered unless a reply is on its way.
+
+        A kernel takes control requests one at a time and replies before its
+        idle; the reply to a request sent after this one, on the same socket,
+        comes after any reply to this one.  Only a reply overtaken by the idle
+        (they come on different sockets) costs that round trip.
+        """
+        marker = self.ask("kernel_info_request", {}, pending.channel, pending.ident)
+
+        def answered(future: asyncio.Future) -> None:
+            self.pending.pop(marker.parent["header"]["msg_id"], None)
+            if not future.cancelled() and not pending.reply.done():
+                pending.reply.set_exception(Unanswered(pending.parent["header"]["msg_type"]))
+
+        marker.reply.add_done_callback(answered)
 
     async def create_subshell(self, timeout: float = 10) -> str:
         """Create a subshell in the inner kernel; its id."""
@@ -397,14 +550,14 @@ class Relay:
         self._input_request = msg
         self._on_input_request(msg, pending)
 
-    def input_reply(self, msg: dict) -> None:
-        """Pass the client's input_reply to the inner kernel's pending input_request."""
+    def input_reply(self, msg: dict, ident: list) -> None:
+        """Pass the client's input_reply to the inner kernel's pending input_request, from the client's socket."""
         request, self._input_request = self._input_request, None
         if request is None:
             self.log.warning("Dropped an input_reply nobody asked for")
             return
         reply = self.session.msg("input_reply", msg["content"], parent=request["header"])
-        self._send("stdin", self.session.serialize(reply), "input_reply")
+        self._send("stdin", self.session.serialize(reply, ident=self._beyond(ident)), "input_reply", ident)
 
     def _track_comm(self, msg_type: str, content: dict) -> None:
         comm_id = content.get("comm_id")
@@ -423,6 +576,9 @@ class Relay:
 
     def close(self) -> None:
         self._iopub.unwatch(self)
+        for route in self._routes.values():
+            self._close_route(route)
+        self._routes.clear()
         for socket in self._handlers:
             # Before the socket closes, so its file descriptor can serve a
             # later incarnation's socket.

@@ -8,6 +8,7 @@ import socket
 import subprocess
 
 import psutil
+import pytest
 import zmq
 from jupyter_client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
@@ -275,3 +276,24 @@ def test_an_address_to_bind_on_that_is_not_the_nodes_is_a_one_line_error(jupyter
     errors = [line for line in result["stderr"].splitlines() if "CRITICAL" in line]
     assert len(errors) == 1 and f"Cannot listen on {PEER} on " in errors[0] and "(ProxyKernelApp.bind_ip)" in errors[0]
     assert "Traceback" not in result["stderr"]
+
+
+#: What a cell prints of the options the kernel was started with.
+SHOW_OPTIONS = "print(get_ipython().profile_dir.location, started_by, marker)"
+
+
+@pytest.mark.parametrize("kernel", ["direct", "proxied"])
+def test_arguments_a_client_appends_reach_the_kernel_and_a_restart_keeps_them(specs, tmp_path, kernel):
+    """``extra_arguments``, as jupyter_client appends them after the spec's argv: a profile and an IPKernelApp trait."""
+    profile = tmp_path / "profile_mine"
+    (profile / "startup").mkdir(parents=True)
+    (profile / "startup" / "00-mark.py").write_text("started_by = 'the profile'\n")
+    extra = ["--profile-dir", str(profile), "--IPKernelApp.exec_lines=marker = 41 + 1"]
+    with running(kernel, extra_arguments=extra) as (_, kc):
+        reply, outputs = execute(kc, SHOW_OPTIONS)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert stdout_of(outputs) == f"{profile} the profile 42\n"
+        if kernel == "proxied":
+            reply, outputs = execute(kc, f"%restart\n{SHOW_OPTIONS}")
+            assert reply["content"]["status"] == "ok", reply["content"]
+            assert stdout_of(outputs).endswith(f"{profile} the profile 42\n")

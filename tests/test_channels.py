@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pprint import pformat
+
 import pytest
+from jupyter_client.session import DELIM
 
 from .helpers import (
     execute,
@@ -15,6 +18,7 @@ from .helpers import (
     stdout_of,
     wait_for_file,
 )
+from .test_subshells import blocking_cell, create_subshell, on_subshell
 
 ECHO_TARGET = """
 def _echo(comm, open_msg):
@@ -193,3 +197,105 @@ def test_a_cell_sent_right_after_comm_messages_runs_after_them(proxy):
         send(kc, "shell", "comm_msg", {"comm_id": "r1", "data": {"n": n + 1}})
         _, outputs = execute(kc, "print(seen[-1])")
         assert stdout_of(outputs) == f"{n + 1}\n"
+
+
+#: Cells sent on control: each sleeps, then says which it is; the first sleeps longest.
+CONTROL_CELLS = [f"import time\ntime.sleep({s})\nprint({s})" for s in ("0.6", "0.3", "0.1")]
+
+
+def control_cells_beside_a_running_cell(kernel: str, tmp_path, subshell: bool = False) -> list[tuple]:
+    """Three cells sent on control while a cell runs on shell: what the client sees of them, in order.
+
+    Each reply on control, and each iopub message up to the last one's idle,
+    as (type, which request is its parent, content).
+    """
+    started, release = tmp_path / f"started-{kernel}", tmp_path / f"release-{kernel}"
+    with running(kernel) as (_, kc):
+        cell = blocking_cell(started, release)
+        on_shell = on_subshell(kc, create_subshell(kc), cell) if subshell else kc.execute(cell)
+        wait_for_file(started)
+        ids = [send(kc, "control", "execute_request", {"code": code, "silent": False}) for code in CONTROL_CELLS]
+        names = {on_shell: "the shell's cell", **{msg_id: f"control {n}" for n, msg_id in enumerate(ids)}}
+        seen = [kc.get_control_msg(timeout=30) for _ in ids]
+        seen += iopub_until_idle(kc, ids[-1], everything=True)
+        release.touch()
+        assert reply_to(kc, on_shell, timeout=30)["content"]["status"] == "ok"
+    # The shell's cell names the kernel's own marker files.
+    content = {on_shell: lambda m: m["content"].get("execution_state")}
+    return [
+        (m["msg_type"], names.get(parent, "other"), content.get(parent, lambda m: m["content"])(m))
+        for m in seen
+        for parent in [m["parent_header"].get("msg_id")]
+    ]
+
+
+@pytest.mark.parametrize("subshell", [False, True], ids=["main shell", "subshell"])
+def test_cells_on_control_are_answered_there_in_order_beside_a_cell_running_on_shell(specs, tmp_path, subshell):
+    """ipykernel serves any request on control, one at a time in arrival order: a cell's reply there, output on iopub."""
+    direct, proxied = (
+        control_cells_beside_a_running_cell(kernel, tmp_path, subshell) for kernel in ("direct", "proxied")
+    )
+    replies = [(kind, parent, content["status"]) for kind, parent, content in proxied[:3]]
+    assert replies == [("execute_reply", f"control {n}", "ok") for n in range(3)]
+    assert "".join(c["text"] for kind, _, c in proxied if kind == "stream") == "0.6\n0.3\n0.1\n"
+    assert proxied == direct, pformat({"direct": direct, "proxied": proxied}, width=140)
+
+
+@pytest.mark.parametrize(
+    "msg_type, content",
+    [
+        ("complete_request", {"code": "impor", "cursor_pos": 5}),
+        ("inspect_request", {"code": "len", "cursor_pos": 3, "detail_level": 0}),
+        ("is_complete_request", {"code": "for i in x:"}),
+        ("comm_info_request", {}),
+        ("history_request", {"hist_access_type": "range", "session": 0, "start": 0, "output": False, "raw": True}),
+    ],
+)
+def test_shell_requests_on_control_get_the_kernels_own_answers_there(specs, msg_type, content):
+    answers = {}
+    for kernel in ("direct", "proxied"):
+        with running(kernel) as (_, kc):
+            execute(kc, "x = 1")
+            msg_id = send(kc, "control", msg_type, content)
+            reply = reply_to(kc, msg_id, channel="control")
+            answers[kernel] = (reply["msg_type"], reply["content"])
+    assert answers["proxied"] == answers["direct"]
+
+
+def test_a_control_request_the_kernel_does_not_answer_gets_an_error_reply_not_silence(proxy):
+    """ipykernel logs an unknown control request and ends it without a reply; a client would wait forever."""
+    _, kc = proxy
+    msg_id = send(kc, "control", "no_such_request", {})
+    reply = reply_to(kc, msg_id, channel="control")
+    assert reply["msg_type"] == "no_such_reply"
+    assert reply["content"]["status"] == "error" and "no_such_request" in reply["content"]["evalue"]
+    assert kc.kernel_info(reply=True, timeout=10)["content"]["status"] == "ok"
+
+
+def test_a_control_request_while_no_kernel_runs_gets_an_error_reply(proxy_with):
+    with proxy_with("--RescuePolicy.restart_limit=0") as (_, kc):
+        execute(kc, "import os; os._exit(1)")
+        msg_id = send(kc, "control", "execute_request", {"code": "1"})
+        reply = reply_to(kc, msg_id, channel="control")
+        assert (reply["msg_type"], reply["content"]["ename"]) == ("execute_reply", "DeadKernelError")
+
+
+def test_restart_on_control_is_a_usage_error_and_restarts_nothing(proxy):
+    km, kc = proxy
+    pid = inner_pid(km)
+    msg_id = send(kc, "control", "execute_request", {"code": "%restart"})
+    reply = reply_to(kc, msg_id, channel="control")
+    assert reply["content"]["ename"] == "UsageError"
+    assert inner_pid(km) == pid
+
+
+@pytest.mark.parametrize("kernel", ["direct", "proxied"])
+def test_a_control_request_whose_content_is_not_an_object_holds_up_no_later_one(specs, kernel):
+    """ipykernel refuses it without a reply; the control channel goes on."""
+    with running(kernel) as (_, kc):
+        header, parent, metadata, _ = kc.session.serialize(kc.session.msg("execute_request", {}))[2:]
+        parts = [header, parent, metadata, b"[1]"]
+        kc.control_channel.socket.send_multipart([DELIM, kc.session.sign(parts), *parts])
+        msg_id = send(kc, "control", "execute_request", {"code": "1 + 1"})
+        reply = kc.get_control_msg(timeout=30)
+        assert (reply["parent_header"]["msg_id"], reply["content"]["status"]) == (msg_id, "ok")

@@ -23,6 +23,7 @@ from inplace_restarter.kernelspec import (
     place,
     proxy_argv,
     read_kernel_json,
+    split_arguments,
     state_of,
     summary_of,
     survey,
@@ -312,3 +313,15 @@ def test_remote_ikernel_with_a_batch_interface_runs_the_proxy_in_its_kernel_comm
 def test_a_spec_running_the_proxy_anywhere_is_never_wrapped_again(argv):
     state, why = state_of({"argv": argv})
     assert state == UNKNOWN and "runs inplace_restarter but the original argv is not saved" in why
+
+
+def test_the_proxy_s_own_arguments_are_those_its_kernel_json_gives_it_and_what_follows_is_the_kernel_s():
+    """jupyter_client appends a client's extra_arguments after the spec's argv; a launcher in front changes nothing."""
+    spec = [*PROXY, "--standby"]
+    own = ["-f", "/run/kernel-1.json", "--resource-dir=/k/py", "--standby"]
+    assert split_arguments([*own, "--profile-dir", "/p", "--debug"], spec) == (own, ["--profile-dir", "/p", "--debug"])
+    assert split_arguments(own, ["srun", "-N1", *spec]) == (own, [])
+    inserted = ["--ProxyKernelApp.bind_ip=10.0.0.2", *own]
+    assert split_arguments([*inserted, "--x"], spec) == (inserted, ["--x"]), "options in front stay the proxy's"
+    assert split_arguments([*own, "--x"], KERNEL) == ([*own, "--x"], []), "a spec without the proxy splits nothing"
+    assert split_arguments(["-f", "/run/k.json"], spec) == (["-f", "/run/k.json"], []), "nor one that does not match"

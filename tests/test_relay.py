@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
 
-from .helpers import execute, iopub_until, iopub_until_idle, reply_to, running, stream_text
+import psutil
+import pytest
+from jupyter_client import BlockingKernelClient
+
+from inplace_restarter.relay import MAX_ROUTES
+
+from .helpers import (
+    execute,
+    inner_connection_file,
+    iopub_until,
+    iopub_until_idle,
+    reply_to,
+    running,
+    send,
+    stream_text,
+)
 
 #: Cells whose iopub output covers every output message type.
 CORPUS = [
@@ -154,3 +170,82 @@ def test_completion_inspection_and_is_complete_come_from_the_inner_kernel(proxy)
     assert reply_to(kc, kc.is_complete("for i in x:"))["content"]["status"] == "incomplete"
     history = kc.history(hist_access_type="tail", n=5, reply=True, timeout=10)["content"]
     assert history["status"] == "ok" and any("import os" in h[2] for h in history["history"])
+
+
+#: What the kernel knows of whom it serves, read by a cell's user expressions.
+WHO = {
+    "shell": "get_ipython().kernel._parent_ident['shell']",
+    "control": "get_ipython().kernel._parent_ident['control']",
+    "session": "get_ipython().kernel.get_parent()['header']['session']",
+}
+
+
+def who_asks(kc, channel: str) -> tuple[str, str]:
+    """The identity the kernel sees for a cell ``kc`` sends on ``channel``, and the session of its parent."""
+    expressions = {"ident": WHO[channel], "session": WHO["session"]}
+    msg_id = send(kc, channel, "execute_request", {"code": "", "silent": True, "user_expressions": expressions})
+    found = reply_to(kc, msg_id, channel=channel)["content"]["user_expressions"]
+    return found["ident"]["data"]["text/plain"], found["session"]["data"]["text/plain"]
+
+
+def connected(km) -> BlockingKernelClient:
+    """Another client of ``km``'s kernel, with a session (and so a zmq identity) of its own, as a second frontend."""
+    kc = BlockingKernelClient()
+    kc.load_connection_info(km.get_connection_info())
+    kc.start_channels()
+    kc.wait_for_ready(timeout=30)
+    return kc
+
+
+@pytest.mark.parametrize("kernel", ["direct", "proxied"])
+def test_the_kernel_sees_each_of_two_clients_as_itself_on_shell_and_control(specs, kernel):
+    """ipykernel keeps the asking client's zmq identity (``_parent_ident``), which code may route by."""
+    with running(kernel) as (km, first):
+        second = connected(km)
+        try:
+            rounds = 2 if kernel == "proxied" else 1
+            for _ in range(rounds):
+                for kc in (first, second, first):
+                    own = (repr([kc.session.bsession]), repr(kc.session.session))
+                    assert who_asks(kc, "shell") == own
+                    assert who_asks(kc, "control") == own
+                if kernel == "proxied":
+                    assert execute(second, "%restart", timeout=60)[0]["content"]["status"] == "ok"
+        finally:
+            second.stop_channels()
+
+
+@pytest.mark.parametrize("kernel", ["direct", "proxied"])
+def test_input_goes_to_the_client_whose_cell_asks_for_it(specs, kernel):
+    with running(kernel) as (km, first):
+        second = connected(km)
+        try:
+            for asking, other in ((second, first), (first, second)):
+                msg_id = asking.execute("print('hello', input('who? '))", allow_stdin=True)
+                request = asking.get_stdin_msg(timeout=10)
+                assert request["parent_header"]["msg_id"] == msg_id
+                asking.input("me")
+                assert reply_to(asking, msg_id)["content"]["status"] == "ok"
+                assert stream_text(iopub_until_idle(asking, msg_id), "stdout") == "hello me\n"
+                assert not other.stdin_channel.msg_ready(), "the other client was not asked"
+        finally:
+            second.stop_channels()
+
+
+def test_the_sockets_kept_for_clients_that_came_and_went_are_bounded(proxy):
+    """Each client gets sockets of its own to the inner kernel; those of clients long gone are closed."""
+    km, _ = proxy
+    shell_port = json.loads(Path(inner_connection_file(km)).read_text())["shell_port"]
+    for _ in range(MAX_ROUTES + 8):
+        kc = connected(km)
+        try:
+            assert kc.complete("pri", reply=True, timeout=10)["content"]["status"] == "ok"
+        finally:
+            kc.stop_channels()
+    to_shell = [
+        c
+        for c in psutil.Process(km.provisioner.pid).net_connections("tcp")
+        if c.raddr and c.raddr.port == shell_port and c.status == psutil.CONN_ESTABLISHED
+    ]
+    # The proxy's own socket, and those of at most MAX_ROUTES clients.
+    assert MAX_ROUTES // 2 < len(to_shell) <= MAX_ROUTES + 1

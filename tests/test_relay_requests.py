@@ -135,7 +135,7 @@ def test_an_input_request_goes_to_the_pending_request_and_the_reply_back_to_the_
                 await asyncio.sleep(0.01)
             asked, owner = h.input_requests[0]
             assert asked["content"]["prompt"] == "?" and owner is pending
-            inner.relay.input_reply(h.request("input_reply", {"value": "typed"}))
+            inner.relay.input_reply(h.request("input_reply", {"value": "typed"}), [])
             assert (await inner.relay.reply(pending))["content"]["status"] == "ok"
             seen = await h.client.until_async(idle_of(request["header"]["msg_id"]))
             printed = [m["content"]["text"] for m in seen if m["msg_type"] == "stream" and m["parent_header"]]

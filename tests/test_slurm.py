@@ -125,6 +125,18 @@ def test_restart_keeps_the_job_and_interrupt_and_shutdown_leave_no_job(srun_spec
     record_property("queue_empty_after_shutdown_s", round(slurm.wait_for_empty_queue(15), 1))
 
 
+def test_arguments_a_client_appends_reach_the_kernel_inside_srun_also_after_a_restart(srun_spec, slurm, tmp_path):
+    """jupyter_client appends them after srun's command, so to the proxy's own: the proxy passes them on."""
+    installed()
+    extra = [f"--IPKernelApp.exec_lines=marker = {str(tmp_path)!r}"]
+    with running("slurm-py", startup_timeout=120, graceful=True, extra_arguments=extra) as (_, kc):
+        job, _, _ = where(kc)
+        assert stdout_of(execute(kc, "print(marker)")[1]) == f"{tmp_path}\n"
+        reply, outputs = execute(kc, "%restart\nimport os\nprint(marker, os.environ['SLURM_JOB_ID'])", timeout=120)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert stdout_of(outputs).endswith(f"{tmp_path} {job}\n")
+
+
 def test_a_hung_kernel_is_rescued_inside_the_job_and_shutdown_leaves_no_job(srun_spec, slurm):
     installed()
     spec = load(srun_spec)
