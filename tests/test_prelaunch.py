@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpec
@@ -16,7 +17,7 @@ from inplace_restarter import prelaunch as prelaunch_
 from inplace_restarter.inner import _OneSpec
 from inplace_restarter.prelaunch import kernel_command, kernel_env, prelaunch
 
-from .helpers import execute, inner_connection_file, inner_pid, kernel_pid, live_below, stdout_of
+from .helpers import execute, inner_connection_file, inner_pid, kernel_pid, live_below, running, stdout_of
 from .spec_helpers import IPYKERNEL_ARGV
 
 
@@ -54,6 +55,14 @@ def test_the_first_inner_kernel_is_the_prelaunched_one_and_a_restart_launches_th
     execute(kc, "%restart")
     assert inner_pid(km) != first
     assert Path(inner_connection_file(km)).name != "inner-prelaunched.json"
+
+
+def test_a_clients_extra_arguments_are_in_the_prelaunched_kernels_command_and_it_is_taken_over(specs):
+    with running("proxied", extra_arguments=["--IPKernelApp.log_level=WARN"]) as (km, kc):
+        argv = psutil.Process(inner_pid(km)).cmdline()
+        assert Path(inner_connection_file(km)).name == "inner-prelaunched.json"
+        assert argv[-1] == "--IPKernelApp.log_level=WARN"
+        assert kernel_pid(kc) == inner_pid(km)
 
 
 def test_a_kernel_prelaunched_for_another_command_gives_way_to_the_one_the_config_asks_for(
