@@ -250,6 +250,58 @@ def reply_to(kc, msg_id: str, timeout: float = 10, channel: str = "shell") -> di
             return reply
 
 
+def replies(kc, msg_ids: Iterable[str], timeout: float = 30) -> dict[str, dict]:
+    """The shell replies to ``msg_ids``, in whatever order they come, by msg_id; replies to other requests skipped."""
+    wanted, got = set(msg_ids), {}
+    deadline = time.monotonic() + timeout
+    while wanted - got.keys():
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no reply to {sorted(wanted - got.keys())} within {timeout} s"
+        reply = kc.shell_channel.get_msg(timeout=remaining)
+        if (msg_id := reply["parent_header"].get("msg_id")) in wanted:
+            got[msg_id] = reply
+    return got
+
+
+def control(kc, msg_type: str, **content) -> dict:
+    """Send a control request; its reply's content."""
+    return reply_to(kc, send(kc, "control", msg_type, content), timeout=30, channel="control")["content"]
+
+
+def create_subshell(kc) -> str:
+    reply = control(kc, "create_subshell_request")
+    assert reply["status"] == "ok", reply
+    return reply["subshell_id"]
+
+
+def on_subshell(kc, subshell_id: str, code: str) -> str:
+    """Send an execute request to a subshell; its msg_id."""
+    content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}}
+    return send(
+        kc,
+        "shell",
+        "execute_request",
+        {**content, "allow_stdin": False, "stop_on_error": True},
+        subshell_id=subshell_id,
+    )
+
+
+#: Defines ``go``, the event a :func:`failing_after_go` cell waits for.
+DEFINE_GO = "import threading\ngo = threading.Event()"
+
+
+def failing_after_go() -> str:
+    """A cell that fails once ``go`` is set (see DEFINE_GO), and fails differently if it never is.
+
+    ipykernel 7 aborts only the requests its shell channel thread has read
+    before the failure; that thread reads the shell socket in order and passes
+    a subshell's requests on while the main shell is busy.  So a cell sent
+    behind this one is surely read before it fails when ``go`` is set by a
+    request sent later still, on another shell.
+    """
+    return "if not go.wait(60):\n    raise TimeoutError('go was never set')\ngo.clear()\n1 / 0"
+
+
 def is_idle(msg: dict) -> bool:
     return msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
 
