@@ -180,6 +180,18 @@ def running(kernel_name: str, *, startup_timeout: float = 60, graceful: bool = F
             kill(started)
 
 
+def start_client(kc, timeout: float = 60) -> None:
+    """Start ``kc``'s channels and wait until its kernel answers, for a client that no KernelManager owns.
+
+    Without a manager, wait_for_ready takes a heartbeat unanswered for one
+    second as a dead kernel, which a kernel still starting on a loaded machine
+    is not; without the heartbeat it waits for the kernel's own kernel_info
+    reply, and iopub connected, up to ``timeout``.
+    """
+    kc.start_channels(hb=False)
+    kc.wait_for_ready(timeout=timeout)
+
+
 def inner_pids(km) -> set[int]:
     """The pids of the live kernels behind the proxy that ``km`` started."""
     return live_below(km.provisioner.pid, "ipykernel_launcher")
