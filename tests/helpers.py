@@ -180,6 +180,18 @@ def running(kernel_name: str, *, startup_timeout: float = 60, graceful: bool = F
             kill(started)
 
 
+def start_client(kc, timeout: float = 60) -> None:
+    """Start ``kc``'s channels and wait until its kernel answers, for a client that no KernelManager owns.
+
+    Without a manager, wait_for_ready takes a heartbeat unanswered for one
+    second as a dead kernel, which a kernel still starting on a loaded machine
+    is not; without the heartbeat it waits for the kernel's own kernel_info
+    reply, and iopub connected, up to ``timeout``.
+    """
+    kc.start_channels(hb=False)
+    kc.wait_for_ready(timeout=timeout)
+
+
 def inner_pids(km) -> set[int]:
     """The pids of the live kernels behind the proxy that ``km`` started."""
     return live_below(km.provisioner.pid, "ipykernel_launcher")
@@ -248,6 +260,58 @@ def reply_to(kc, msg_id: str, timeout: float = 10, channel: str = "shell") -> di
         reply = getattr(kc, f"{channel}_channel").get_msg(timeout=timeout)
         if reply["parent_header"].get("msg_id") == msg_id:
             return reply
+
+
+def replies(kc, msg_ids: Iterable[str], timeout: float = 30) -> dict[str, dict]:
+    """The shell replies to ``msg_ids``, in whatever order they come, by msg_id; replies to other requests skipped."""
+    wanted, got = set(msg_ids), {}
+    deadline = time.monotonic() + timeout
+    while wanted - got.keys():
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no reply to {sorted(wanted - got.keys())} within {timeout} s"
+        reply = kc.shell_channel.get_msg(timeout=remaining)
+        if (msg_id := reply["parent_header"].get("msg_id")) in wanted:
+            got[msg_id] = reply
+    return got
+
+
+def control(kc, msg_type: str, **content) -> dict:
+    """Send a control request; its reply's content."""
+    return reply_to(kc, send(kc, "control", msg_type, content), timeout=30, channel="control")["content"]
+
+
+def create_subshell(kc) -> str:
+    reply = control(kc, "create_subshell_request")
+    assert reply["status"] == "ok", reply
+    return reply["subshell_id"]
+
+
+def on_subshell(kc, subshell_id: str, code: str) -> str:
+    """Send an execute request to a subshell; its msg_id."""
+    content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}}
+    return send(
+        kc,
+        "shell",
+        "execute_request",
+        {**content, "allow_stdin": False, "stop_on_error": True},
+        subshell_id=subshell_id,
+    )
+
+
+#: Defines ``go``, the event a :func:`failing_after_go` cell waits for.
+DEFINE_GO = "import threading\ngo = threading.Event()"
+
+
+def failing_after_go() -> str:
+    """A cell that fails once ``go`` is set (see DEFINE_GO), and fails differently if it never is.
+
+    ipykernel 7 aborts only the requests its shell channel thread has read
+    before the failure; that thread reads the shell socket in order and passes
+    a subshell's requests on while the main shell is busy.  So a cell sent
+    behind this one is surely read before it fails when ``go`` is set by a
+    request sent later still, on another shell.
+    """
+    return "if not go.wait(60):\n    raise TimeoutError('go was never set')\ngo.clear()\n1 / 0"
 
 
 def is_idle(msg: dict) -> bool:

@@ -25,6 +25,7 @@ from .helpers import (
     processes_gone,
     running,
     send,
+    start_client,
     stdout_of,
     wait_for_file,
 )
@@ -58,8 +59,7 @@ def test_without_a_connection_file_the_kernel_writes_one_and_serves(jupyter_dirs
     try:
         wait_for_file(connection_file)
         kc.load_connection_file()
-        kc.start_channels()
-        kc.wait_for_ready(timeout=60)
+        start_client(kc)
         _, outputs = execute(kc, "print('served')")
         assert stdout_of(outputs) == "served\n"
         kc.shutdown()
@@ -220,7 +220,7 @@ if report is None:
     sys.exit()
 kc = BlockingKernelClient()
 kc.load_connection_info({**info, **{k: report[k] for k in reach.FIELDS}})
-kc.start_channels()
+kc.start_channels(hb=False)  # no manager: the kernel's reply, not a heartbeat, says it is ready
 kc.wait_for_ready(timeout=60)
 out = []
 kc.execute_interactive("print('served from the node')", timeout=60, output_hook=lambda m: out.append(m["content"].get("text", "")))

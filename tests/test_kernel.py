@@ -15,12 +15,17 @@ from jupyter_client import BlockingKernelClient
 from jupyter_client.session import Session
 
 from .helpers import (
+    DEFINE_GO,
+    create_subshell,
     execute,
+    failing_after_go,
     inner_connection_file,
     inner_pid,
     iopub_until_idle,
     is_running,
     kernel_pid,
+    on_subshell,
+    replies,
     reply_to,
     running,
     send,
@@ -345,11 +350,17 @@ def test_the_inner_kernels_own_life_is_not_relayed(proxy):
 
 @pytest.mark.parametrize("kernel", ["direct", "proxied"])
 def test_a_failed_cell_aborts_the_cells_queued_behind_it_and_no_later_one(specs, kernel):
+    """The failing cell waits for ``go``, set from a subshell by a request sent after the queued cell."""
     with running(kernel) as (_, kc):
-        for _ in range(10):
-            failing, queued = kc.execute("1 / 0"), kc.execute("print('queued')")
-            assert reply_to(kc, failing)["content"]["status"] == "error"
-            assert reply_to(kc, queued)["content"]["status"] == "aborted"
+        execute(kc, DEFINE_GO)
+        subshell_id = create_subshell(kc)
+        for _ in range(5):
+            failing, queued = kc.execute(failing_after_go()), kc.execute("print('queued')")
+            go = on_subshell(kc, subshell_id, "go.set()")
+            got = replies(kc, [failing, queued, go])
+            assert got[go]["content"]["status"] == "ok"
+            assert got[failing]["content"]["ename"] == "ZeroDivisionError"
+            assert got[queued]["content"]["status"] == "aborted"
             later = kc.execute("print('later')")
             assert reply_to(kc, later)["content"]["status"] == "ok"
 

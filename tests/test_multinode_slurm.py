@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from jupyter_client import BlockingKernelClient, write_connection_file
 
-from .helpers import PYTHON, execute, stdout_of, wait_until
+from .helpers import PYTHON, execute, start_client, stdout_of, wait_until
 from .slurm import MultiNodeCluster, Unavailable, multinode_cluster_up, temporary_folder
 
 pytestmark = pytest.mark.slurm
@@ -110,9 +110,8 @@ def test_a_kernel_in_a_job_on_node2_answers_a_client_in_the_test_process(multino
     )
     client = BlockingKernelClient(connection_file=connection_file)
     client.load_connection_file()
-    client.start_channels()
     try:
-        client.wait_for_ready(timeout=120)
+        start_client(client, timeout=120)
         reply, outputs = execute(client, "import socket\nprint(socket.gethostname())")
         assert reply["content"]["status"] == "ok", reply
         assert stdout_of(outputs) == "node2\n"

@@ -13,30 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import execute, iopub_until_idle, marker_cell, reply_to, running, send, wait_for_file
-
-
-def control(kc, msg_type: str, **content) -> dict:
-    """Send a control request; its reply's content."""
-    return reply_to(kc, send(kc, "control", msg_type, content), timeout=30, channel="control")["content"]
-
-
-def create_subshell(kc) -> str:
-    reply = control(kc, "create_subshell_request")
-    assert reply["status"] == "ok", reply
-    return reply["subshell_id"]
-
-
-def on_subshell(kc, subshell_id: str, code: str) -> str:
-    """Send an execute request to a subshell; its msg_id."""
-    content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}}
-    return send(
-        kc,
-        "shell",
-        "execute_request",
-        {**content, "allow_stdin": False, "stop_on_error": True},
-        subshell_id=subshell_id,
-    )
+from .helpers import (
+    DEFINE_GO,
+    control,
+    create_subshell,
+    execute,
+    failing_after_go,
+    iopub_until_idle,
+    marker_cell,
+    on_subshell,
+    replies,
+    reply_to,
+    running,
+    wait_for_file,
+)
 
 
 def blocking_cell(started: Path, release: Path) -> str:
@@ -144,18 +134,19 @@ def test_interrupt_stops_the_main_shells_cell_and_a_subshells_runs_on_as_in_the_
 
 
 @pytest.mark.parametrize("kernel", ["direct", "proxied"])
-def test_an_error_on_a_subshell_aborts_its_queued_cells_not_the_main_shells(specs, tmp_path, kernel):
+def test_an_error_on_a_subshell_aborts_its_queued_cells_not_the_main_shells(specs, kernel):
+    """The failing cell waits for ``go``, set by a main shell cell sent after the queued one."""
     with running(kernel) as (_, kc):
+        execute(kc, DEFINE_GO)
         subshell_id = create_subshell(kc)
-        started, release = tmp_path / "started", tmp_path / "release"
-        main = kc.execute(blocking_cell(started, release))
-        wait_for_file(started)
-        failing = on_subshell(kc, subshell_id, "1 / 0")
+        failing = on_subshell(kc, subshell_id, failing_after_go())
         queued = on_subshell(kc, subshell_id, "print('queued')")
-        assert reply_to(kc, failing)["content"]["ename"] == "ZeroDivisionError"
-        assert reply_to(kc, queued)["content"]["status"] == "aborted"
-        release.touch()
-        assert reply_to(kc, main)["content"]["status"] == "ok"
+        main, main_queued = kc.execute("go.set()"), kc.execute("print('main')")
+        got = replies(kc, [failing, queued, main, main_queued])
+        assert got[failing]["content"]["ename"] == "ZeroDivisionError"
+        assert got[queued]["content"]["status"] == "aborted"
+        assert got[main]["content"]["status"] == "ok"
+        assert got[main_queued]["content"]["status"] == "ok"
         later = on_subshell(kc, subshell_id, "print('later')")
         assert reply_to(kc, later)["content"]["status"] == "ok"
 

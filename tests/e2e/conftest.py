@@ -285,8 +285,9 @@ def open_notebook(page, server: JupyterServer, url_prefix: str, sources: list[st
             timeout=60_000,
         )
     except PlaywrightTimeoutError:
+        # Read at once: a page that never drew the circle must not take the server's log with it.
         kernel = page.locator(".jp-Toolbar-kernelName").all_inner_texts()
-        state = notebook.status.get_attribute("data-status")
+        state = page.evaluate("() => document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status")
         pytest.fail(
             f"the notebook's kernel was not ready in 60 s: kernel {kernel}, status {state!r}\n"
             f"server log:\n{server.log()[-3000:]}"

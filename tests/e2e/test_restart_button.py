@@ -15,7 +15,7 @@ import psutil
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from ..helpers import live_below
+from ..helpers import live_below, start_client
 from ..spec_helpers import run_cli, write_spec
 from ..test_slurm import SRUN_SPEC, QueueWatch, where
 from .conftest import KERNEL_NAME, jupyter_server
@@ -33,8 +33,7 @@ def kernel_processes(server) -> tuple[int, set[int]]:
 def connect(jupyter_dirs, kernel_id: str) -> BlockingKernelClient:
     client = BlockingKernelClient(connection_file=str(jupyter_dirs["JUPYTER_RUNTIME_DIR"] / f"kernel-{kernel_id}.json"))
     client.load_connection_file()
-    client.start_channels()
-    client.wait_for_ready(timeout=60)
+    start_client(client)
     return client
 
 
