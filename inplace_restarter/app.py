@@ -36,6 +36,7 @@ from .inner import InnerKernel, inner_kernel_spec
 from .iopub import IOPubRelay
 from .job import Job, JobNotices
 from .kernel import ProxyKernel
+from .provisioner import RESTART_FLAG
 from .rescue import RescuePolicy
 
 
@@ -64,11 +65,16 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         "control": "ProxyKernelApp.control_port",
         "hb": "ProxyKernelApp.hb_port",
         "resource-dir": "ProxyKernelApp.resource_dir",
+        reach.REPORT_OPTION[2:]: "ProxyKernelApp.report_to",
     }
     flags = {
         **Application.flags,
         **session_flags,
         "standby": ({"ProxyKernel": {"standby": True}}, "Keep a spare kernel started, for a %restart at once."),
+        RESTART_FLAG: (
+            {"ProxyKernel": {"jupyter_restarts_in_place": True}},
+            "Given by inplace_restarter's provisioner, which keeps the proxy on Jupyter's own restart.",
+        ),
     }
 
     resource_dir = Unicode(
@@ -97,9 +103,18 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         help="Bind the client's sockets on a routable address without CurveZMQ keys: code and outputs then "
         "cross the network in plain text, readable and forgeable by anyone on it.",
     )
+    report_to = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Given by inplace_restarter's provisioner when a launcher (srun, ssh, mpirun) may run the kernel on "
+        "another host: the Jupyter server host's addresses, comma separated. The proxy binds toward the first "
+        "it has a route to and prints where it listens in one signed line on stdout, which the launcher carries "
+        "back to the server.",
+    )
     prelaunched = Any(None, help="(manager, runtime folder) of an inner kernel launched before the app.")
     #: the server's addresses when the provisioner asked for a report of where the proxy is (see reach)
-    report_to: list[str] | None = None
+    server_ips: list[str] | None = None
 
     kernel = Any()
     #: the channels, each with a ``<name>_port`` trait
@@ -119,7 +134,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         except kernelspec.SpecError as e:
             self.log.critical("%s", e)
             self.exit(2)
-        self.report_to = reach.requested(os.environ)
+        self.server_ips = reach.requested(self.report_to)
         self.init_connection_file()
         self.init_reach()
         self.init_sockets()
@@ -149,7 +164,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         try:
             self.connection_file = filefind(self.connection_file, [".", jupyter_runtime_dir()])
         except OSError:
-            if self.report_to is not None:
+            if self.server_ips is not None:
                 self.log.critical(
                     "%s cannot see the connection file %s: give Jupyter a runtime folder shared with the node "
                     "(JUPYTER_RUNTIME_DIR in the Jupyter server's environment)",
@@ -172,10 +187,10 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         host they are replaced by the address the server reaches and ports
         picked here, which :meth:`report` tells the server.
         """
-        if self.report_to is None:
+        if self.server_ips is None:
             return
         try:
-            ip = self.bind_ip or reach.choose_bind_ip(self.report_to)
+            ip = self.bind_ip or reach.choose_bind_ip(self.server_ips)
         except reach.ReachError as e:
             self.log.critical("%s", e)
             self.exit(2)
@@ -209,7 +224,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
 
     def report(self) -> None:
         """Tell the server where the client's sockets are: one signed line, written at once, on stdout."""
-        if self.report_to is None:
+        if self.server_ips is None:
             return
         info = {
             "ip": self.ip,

@@ -5,8 +5,9 @@ the command again: for a proxied kernel in a batch job, a new job.  This
 provisioner, a ``LocalProvisioner`` in every other respect, lets a proxy it
 launched keep running instead:
 
-- At launch it tells the proxy, by :data:`ENV_NAME` in its environment, that
-  its launcher can restart in place.  jupyter_client sends the
+- At launch it tells the proxy, by :data:`RESTART_FLAG` on its command line
+  (which every launcher passes on), that its launcher can restart in place.
+  jupyter_client sends the
   ``shutdown_request {"restart": true}`` before it tells the provisioner that
   a restart is under way, so the proxy must know beforehand.
 - The proxy answers that request with a ``shutdown_reply`` carrying
@@ -22,8 +23,9 @@ Across nodes (a proxied spec whose launcher may run the kernel on another
 host: srun, mpirun, ssh), the proxy tells where it listens (see reach):
 
 - ``pre_launch`` gives the manager CurveZMQ keys if it has none, before the
-  connection file is written, and asks the proxy for a report through
-  :data:`reach.ENV_NAME`, which carries this host's addresses.
+  connection file is written, and asks the proxy for a report by
+  :data:`reach.REPORT_OPTION` on its command line, which carries this host's
+  addresses.
 - ``launch_kernel`` starts the launcher with its stdout and stderr read by
   :class:`reach.LaunchWatch` and waits, up to ``launch_timeout`` and while
   the launcher lives, for the proxy's signed report; it logs a Slurm job
@@ -34,14 +36,13 @@ host: srun, mpirun, ssh), the proxy tells where it listens (see reach):
   ``LocalProvisioner`` launches only on a local interface, and a proxy that
   lands on the server's host binds what the connection file says.
 
-Kernels that are not proxied get no variable and no waiting: exactly a
+Kernels that are not proxied get no option and no waiting: exactly a
 ``LocalProvisioner``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import time
 import typing as t
@@ -57,8 +58,9 @@ from .launchers import LAUNCHER_GRACE
 
 #: the provisioner's name in the ``jupyter_client.kernel_provisioners`` entry points
 PROVISIONER_NAME = "inplace-restarter"
-#: set to "1" in a proxied kernel's environment by this provisioner
-ENV_NAME = "INPLACE_RESTARTER_RESTARTS_IN_PLACE"
+#: given by this provisioner to every proxy it launches, first after the proxy's module: the launcher keeps the proxy
+#: on Jupyter's restart, so the proxy may answer its shutdown_request by restarting in place
+RESTART_FLAG = "jupyter-restarts-in-place"
 #: in the shutdown_reply's content: the proxy is restarting its inner kernel and stays
 REPLY_KEY = "restarting_in_place"
 
@@ -120,14 +122,8 @@ class InPlaceProvisioner(LocalProvisioner):
         return any(launcher.remote for launcher in launchers.parse(self.kernel_spec.argv).launchers)
 
     async def pre_launch(self, **kwargs: t.Any) -> dict[str, t.Any]:
-        if self.proxied:
-            # As the base does: no env means the server's own environment.
-            env = kwargs.get("env")
-            kwargs["env"] = {**(os.environ if env is None else env), ENV_NAME: "1"}
-            if self.reports:
-                kwargs["env"][reach.ENV_NAME] = ",".join(reach.server_ips(self.server_ip))
         if not self.reports:
-            return await super().pre_launch(**kwargs)
+            return self._with_proxy_options(await super().pre_launch(**kwargs))
         manager = self.parent
         if manager.curve_publickey is None:
             manager.curve_publickey, manager.curve_secretkey = zmq.curve_keypair()
@@ -144,6 +140,15 @@ class InPlaceProvisioner(LocalProvisioner):
         if self.in_place and reached is not None:
             manager.ip = reached["ip"]
             self.connection_info = reached
+        return self._with_proxy_options(kwargs)
+
+    def _with_proxy_options(self, kwargs: dict[str, t.Any]) -> dict[str, t.Any]:
+        """The launch's command with this provisioner's requests to the proxy on the proxy's command line."""
+        if self.proxied:
+            options = [f"--{RESTART_FLAG}"]
+            if self.reports:
+                options.append(f"{reach.REPORT_OPTION}={','.join(reach.server_ips(self.server_ip))}")
+            kwargs["cmd"] = launchers.with_proxy_options(kwargs["cmd"], options)
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: t.Any) -> KernelConnectionInfo:

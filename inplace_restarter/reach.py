@@ -5,9 +5,10 @@ starts the proxy on a compute node.  The connection file the server wrote
 names the server's own loopback and ports it picked on its own host: neither
 means anything on the node.  So the two sides agree as follows:
 
-- The provisioner puts the server host's addresses in :data:`ENV_NAME` in the
-  launcher's environment (srun passes its environment on to the task); the
-  variable's presence is the request for a report.
+- The provisioner puts the server host's addresses on the proxy's command
+  line, :data:`REPORT_OPTION` first after the proxy's module, where every
+  launcher carries it (srun, ssh, mpirun, a container runner, a wrapper that
+  passes its arguments on); the option's presence is the request for a report.
 - The proxy, on the node, finds its own address toward the server host
   (:func:`choose_bind_ip`): on that address it binds the client's sockets,
   with ports of its own, unless the route to the server is local (the same
@@ -33,8 +34,8 @@ import threading
 import typing as t
 from contextlib import suppress
 
-#: set by the provisioner in a proxied kernel's environment: the server host's addresses, comma separated
-ENV_NAME = "INPLACE_RESTARTER_SERVER_IPS"
+#: given by the provisioner to the proxy: the server host's addresses, comma separated (none: loopback only)
+REPORT_OPTION = "--report-to"
 #: the first word of the line that tells the server where the proxy is
 PREFIX = "inplace_restarter-connect"
 #: what the report carries, besides host and pid
@@ -103,9 +104,8 @@ def _is_ipv4(text: str) -> bool:
         return False
 
 
-def requested(environ: t.Mapping[str, str]) -> list[str] | None:
-    """The server's addresses if the provisioner asked for a report, else None."""
-    value = environ.get(ENV_NAME)
+def requested(value: str | None) -> list[str] | None:
+    """The server's addresses if the provisioner asked for a report (``value`` of REPORT_OPTION), else None."""
     if value is None:
         return None
     return [ip for ip in value.split(",") if ip]

@@ -71,10 +71,10 @@ def test_other_lines_are_no_report(line):
     assert reach.parse_report(line, KEY, "hmac-sha256") is None
 
 
-def test_the_request_is_the_variable_and_carries_the_servers_addresses():
-    assert reach.requested({}) is None
-    assert reach.requested({reach.ENV_NAME: "10.77.0.1,192.0.2.2"}) == ["10.77.0.1", "192.0.2.2"]
-    assert reach.requested({reach.ENV_NAME: ""}) == [], "a server with loopback only still asks"
+def test_the_request_is_the_option_and_carries_the_servers_addresses():
+    assert reach.requested(None) is None
+    assert reach.requested("10.77.0.1,192.0.2.2") == ["10.77.0.1", "192.0.2.2"]
+    assert reach.requested("") == [], "a server with loopback only still asks"
 
 
 def test_the_server_offers_a_configured_address_alone_else_its_public_ipv4_ones():
