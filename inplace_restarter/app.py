@@ -309,7 +309,9 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         self.log.info("To connect another client to this kernel, use: --existing %s", self.connection_file)
 
     def start(self) -> None:
-        if self.parent_pid > 1:
+        # On another host the parent is the launcher's end there (sshd's session, orted, slurmstepd), which
+        # goes when the launcher on the server's host does; ssh and mpirun forward no JPY_PARENT_PID.
+        if self.parent_pid > 1 or self.server_ips is not None:
             threading.Thread(target=self._exit_with_parent, name="ParentPoller", daemon=True).start()
         self.kernel.start()
         try:
