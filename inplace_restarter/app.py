@@ -14,9 +14,11 @@ import ipaddress
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
+import typing as t
 from pathlib import Path
 
 import zmq
@@ -313,6 +315,8 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         # goes when the launcher on the server's host does; ssh and mpirun forward no JPY_PARENT_PID.
         if self.parent_pid > 1 or self.server_ips is not None:
             threading.Thread(target=self._exit_with_parent, name="ParentPoller", daemon=True).start()
+        if self.server_ips is not None and _is_a_pipe(0):
+            threading.Thread(target=self._exit_with_stdin, name="StdinPoller", daemon=True).start()
         self.kernel.start()
         try:
             IOLoop.current().start()
@@ -329,7 +333,22 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         parent = os.getppid()
         while os.getppid() == parent:
             time.sleep(1)
-        self.log.warning("The process that started the kernel is gone; exiting")
+        self._exit("The process that started the kernel is gone")
+
+    def _exit_with_stdin(self) -> None:
+        """Exit, inner kernels and all, once the launcher closes the stdin it gave the proxy.
+
+        Across hosts, the one sign that also reaches a proxy behind a shell
+        that does not exec it (a wrapper script, ``ssh node 'cmd >log'``):
+        the launcher's end on this host closes the pipe when the launcher on
+        the server's host goes.  Jupyter never writes to a kernel's stdin.
+        """
+        while os.read(0, 65536):
+            pass
+        self._exit("The launcher closed the kernel's stdin: its end on the server's host is gone")
+
+    def _exit(self, why: str) -> t.NoReturn:
+        self.log.warning("%s; exiting", why)
         self.kernel.cleanup()
         os._exit(1)
 
@@ -343,6 +362,15 @@ python -m inplace_restarter list|install|remove|wizard --help"""
             client_socket.close()
         self.context.term()
         self.heartbeat.context.term()
+
+
+def _is_a_pipe(fd: int) -> bool:
+    """Whether ``fd`` is a pipe or socket (what a launcher gives), not a terminal, /dev/null or a file."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def launch(argv: list[str] | None = None, prelaunched=None) -> None:

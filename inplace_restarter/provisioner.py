@@ -95,6 +95,14 @@ class InPlaceProvisioner(LocalProvisioner):
         "has to report where it listens, time in the batch queue included; then the launch fails and the "
         "launcher is stopped, its job with it.",
     )
+    report_timeout = Float(
+        60.0,
+        config=True,
+        help="Seconds the proxy behind such a launcher has to report where it listens once it may run: from the "
+        "launch, or from when a Slurm job that waited in the queue starts (the queue's wait is launch_timeout's). "
+        "Then the launch fails and the launcher is stopped: a launcher that lives on without the proxy's report "
+        "(a wrapper that swallows its stdout, a host that never answers) fails in this time, not launch_timeout.",
+    )
     server_ip = Unicode(
         "",
         config=True,
@@ -170,7 +178,14 @@ class InPlaceProvisioner(LocalProvisioner):
         server; a manager driven from a short-lived thread would take its
         kernels down with that thread.
         """
-        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=launchers.stop_with_parent)
+        # stdin is kept open (jupyter_client closes the one it makes): it ends only with the kernel or this
+        # process, which every launcher passes on to the proxy, on whatever host, as the end of its input.
+        kwargs.update(
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=launchers.stop_with_parent,
+        )
         started = time.monotonic()
         await super().launch_kernel(cmd, **kwargs)
         report = await self._wait_for_report(cmd[0])
@@ -198,10 +213,12 @@ class InPlaceProvisioner(LocalProvisioner):
         self._watch = watch = reach.LaunchWatch(
             self.process, manager.session.key, manager.session.signature_scheme, notify
         )
-        deadline = loop.time() + self.launch_timeout
+        deadline = time.monotonic() + self.launch_timeout
         logged = None
         while watch.report is None:
             changed.clear()
+            # The report's own clock runs from the launch or the job's start, and stands while the job is queued.
+            reported_by = None if watch.queued else max(watch.launched, watch.allocated) + self.report_timeout
             if watch.queued and watch.job != logged:
                 logged = watch.job
                 self.log.info(
@@ -209,17 +226,24 @@ class InPlaceProvisioner(LocalProvisioner):
                     "waiting up to %.0f s for it to start (InPlaceProvisioner.launch_timeout)",
                     self.kernel_id,
                     watch.job,
-                    max(0.0, deadline - loop.time()),
+                    max(0.0, deadline - time.monotonic()),
                 )
             if self.process.poll() is not None or watch.ended:
                 await self._give_up(f"{launcher} exited before the proxy said where it listens")
-            if loop.time() >= deadline:
+            job = f", Slurm job {watch.job}" if watch.job else ""
+            if time.monotonic() >= deadline:
                 await self._give_up(
                     f"the proxy did not say where it listens within {self.launch_timeout:g} s "
-                    f"(InPlaceProvisioner.launch_timeout){f', Slurm job {watch.job}' if watch.job else ''}"
+                    f"(InPlaceProvisioner.launch_timeout){job}"
                 )
+            if reported_by is not None and time.monotonic() >= reported_by:
+                await self._give_up(
+                    f"the proxy did not say where it listens within {self.report_timeout:g} s while {launcher} "
+                    f"ran (InPlaceProvisioner.report_timeout){job}; the proxy's stdout must reach {launcher}'s"
+                )
+            next_look = min(deadline, reported_by or deadline)
             with suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(1.0, max(0.0, deadline - loop.time())))
+                await asyncio.wait_for(changed.wait(), min(1.0, max(0.0, next_look - time.monotonic())))
         return watch.report
 
     async def _give_up(self, what: str) -> t.NoReturn:

@@ -31,6 +31,7 @@ import re
 import socket
 import sys
 import threading
+import time
 import typing as t
 from contextlib import suppress
 
@@ -163,6 +164,8 @@ class LaunchWatch:
         self.report: dict | None = None
         self.job: str | None = None
         self.queued = False
+        #: when the launcher was started, and when its job (if it waited in the queue) got its nodes: monotonic
+        self.launched, self.allocated = time.monotonic(), 0.0
         self._last_other = self._last_srun = ""
         self.closed: set[str] = set()
         self._threads = [
@@ -221,6 +224,8 @@ class LaunchWatch:
         if match:
             self.job = match.group(1)
             self.queued = match.re is QUEUED
+            if not self.queued:
+                self.allocated = time.monotonic()
             self.notify()
         return False
 

@@ -54,7 +54,7 @@ def sshd_on(cluster: MultiNodeCluster, folder: Path, nodes: tuple[str, ...] = ("
         "".join(f"Host {node}\n  HostName {cluster.address(node)}\n  HostKeyAlias {node}\n" for node in nodes)
         + f"Host *\n  User {pwd.getpwuid(os.getuid()).pw_name}\n  IdentityFile {folder / 'user_key'}\n"
         f"  IdentitiesOnly yes\n  UserKnownHostsFile {folder / 'known_hosts'}\n  StrictHostKeyChecking yes\n"
-        f"  BatchMode yes\n  ConnectTimeout 5\n  LogLevel ERROR\n  SendEnv {FORWARDED}\n"
+        f"  BatchMode yes\n  LogLevel ERROR\n  SendEnv {FORWARDED}\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
     names = []

@@ -10,16 +10,18 @@ should say where it listens from its own command line.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 
 import pytest
 
-from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream
+from .helpers import PYTHON, descendants, execute, reply_to, running, stdout_of, wait_for_stream
 from .slurm import installed, offered, reached
+from .spec_helpers import with_provisioner, write_spec
 from .sshd import nothing_left_on, on_node
-from .test_across_nodes import SERVER, SLEEPING
+from .test_across_nodes import SERVER, SLEEPING, failed_start
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
@@ -87,3 +89,79 @@ def test_a_server_killed_with_sigkill_leaves_nothing_on_node2(over_ssh):
     finally:
         server.kill()
         server.wait(15)
+
+
+# -- a launch that cannot work: one line within seconds, nothing left on either host ----------------
+
+
+def failed_over_ssh(cluster, name: str) -> tuple[str, float]:
+    """Start ``name`` as Jupyter does, which must fail: the error and the seconds it took; nothing is left."""
+    error, seconds = failed_start(name)
+    assert "\n" not in error
+    assert not [p for p in descendants(os.getpid()) if p.name() == "ssh"], "the launcher is gone"
+    nothing_left_on(cluster, "node2", 10)
+    return error, seconds
+
+
+def test_a_host_that_cannot_be_resolved_fails_at_once_with_ssh_s_words(kernels_dir, ssh_node2):
+    """The server on the cluster's login node, whose hosts file has no node9 (and where no DNS server is reached)."""
+    installed(kernels_dir, "nowhere", ssh_spec("node9"))
+    done = ssh_node2.on("login", [PYTHON, "-c", FAILED_START, "nowhere"], env=os.environ, timeout=60)
+    assert done.returncode == 0, done.stderr
+    error, seconds = json.loads(done.stdout)
+    assert error.endswith(
+        "did not start: ssh exited before the proxy said where it listens; "
+        "last line from ssh: ssh: Could not resolve hostname node9: Temporary failure in name resolution"
+    ), error
+    assert "\n" not in error and seconds < 10
+
+
+def test_a_host_that_cannot_be_reached_fails_within_seconds_with_ssh_s_words(over_ssh):
+    """node2's cable pulled, and this host's memory of its hardware address forgotten: nobody answers for it."""
+    over_ssh.link("node2", up=False)
+    address = over_ssh.address("node2")
+    subprocess.run(["ip", "neigh", "flush", "to", address, "dev", over_ssh.root_link], check=True, timeout=30)
+    try:
+        error, seconds = failed_over_ssh(over_ssh, "ssh")
+    finally:
+        over_ssh.link("node2", up=True)
+    assert f"last line from ssh: ssh: connect to host {over_ssh.address('node2')} port 22: No route to host" in error
+    assert seconds < 10
+
+
+def test_a_node_that_cannot_see_the_connection_file_says_so_at_once(kernels_dir, ssh_node2, tmp_path):
+    spec = installed(kernels_dir, "blind", ssh_spec())
+    missing = str(tmp_path / "not-shared" / "kernel.json")
+    spec["argv"] = [missing if arg == "{connection_file}" else arg for arg in spec["argv"]]
+    write_spec(kernels_dir, "blind", with_provisioner(spec, server_ip=offered(ssh_node2)))
+    error, seconds = failed_over_ssh(ssh_node2, "blind")
+    assert (
+        "ssh exited before the proxy said where it listens; last line from ssh: [ProxyKernelApp] CRITICAL | " in error
+    )
+    assert f"node2 cannot see the connection file {missing}: give Jupyter a runtime folder shared" in error
+    assert seconds < 10
+
+
+def test_a_proxy_whose_stdout_never_reaches_ssh_fails_after_the_report_timeout(kernels_dir, ssh_node2):
+    """A wrapper that sends the kernel's stdout elsewhere: ssh lives on, the report never comes."""
+    spec = installed(kernels_dir, "swallowed", ssh_spec())
+    spec["argv"].append(">/dev/null")
+    write_spec(kernels_dir, "swallowed", with_provisioner(spec, server_ip=offered(ssh_node2), report_timeout=3))
+    error, seconds = failed_over_ssh(ssh_node2, "swallowed")
+    assert error.endswith(
+        "did not start: the proxy did not say where it listens within 3 s while ssh ran "
+        "(InPlaceProvisioner.report_timeout); the proxy's stdout must reach ssh's"
+    ), error
+    assert 3 <= seconds < 10
+
+
+#: Start the kernel named in argv[1] as Jupyter does, which fails: print the error and the seconds it took.
+FAILED_START = """
+import json, sys, time
+from jupyter_client.manager import KernelManager
+start = time.monotonic()
+try:
+    KernelManager(kernel_name=sys.argv[1]).start_kernel()
+except RuntimeError as e:
+    print(json.dumps([str(e), time.monotonic() - start]))
+"""
