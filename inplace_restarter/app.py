@@ -154,6 +154,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
             stdin_socket=self.stdin_socket,
             log=self.log,
             inner_spec=inner_spec,
+            encrypted=self.curve_secretkey is not None,
         )
         self.kernel.record_ports({f"{name}_port": getattr(self, f"{name}_port") for name in self.ports})
         if self.prelaunched is not None:

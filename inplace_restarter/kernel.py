@@ -138,6 +138,7 @@ class ProxyKernel(WrapperKernelBase):
         "Costs the memory of a second kernel; a spare started before a change to the environment "
         "(a pip install) may not see it: %restart --cold starts a new kernel instead.",
     )
+    encrypted = Bool(False, help="Whether the client's link is encrypted (CurveZMQ): then the inner kernel's too.")
     jupyter_restarts_in_place = Bool(
         False,
         config=True,
@@ -158,6 +159,7 @@ class ProxyKernel(WrapperKernelBase):
             self._send_input_request,
             standby=self.standby,
             job=self.job,
+            encrypted=self.encrypted,
             parent=self,
             log=self.log,
         )
