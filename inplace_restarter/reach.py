@@ -44,6 +44,8 @@ PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 FIELDS = ("ip", "transport", *PORTS)
 #: srun's lines while its job waits in the queue and once it runs
 QUEUED = re.compile(r"srun: job (\d+) queued and waiting for resources")
+#: the line that opens and closes each of Open MPI's explanations (mpirun's help messages)
+RULE = re.compile(r"-{20,}")
 ALLOCATED = re.compile(r"srun: job (\d+) has been allocated resources")
 
 
@@ -166,7 +168,9 @@ class LaunchWatch:
         self.queued = False
         #: when the launcher was started, and when its job (if it waited in the queue) got its nodes: monotonic
         self.launched, self.allocated = time.monotonic(), 0.0
-        self._last_other = self._last_srun = ""
+        self._last_other = self._last_srun = self._last_explained = ""
+        #: inside one of Open MPI's explanations, and whether its first line was taken
+        self._explaining = self._explained = False
         self.closed: set[str] = set()
         self._threads = [
             threading.Thread(target=self._read, args=(process.stdout, sys.stdout, "stdout"), daemon=True),
@@ -177,8 +181,13 @@ class LaunchWatch:
 
     @property
     def last_words(self) -> str:
-        """The last line on stderr: the kernel's or proxy's, else srun's own (``srun: error: ...``)."""
-        return self._last_other or self._last_srun
+        """The last line on stderr: the kernel's, proxy's or ssh's, else the launcher's own.
+
+        The launcher's own: srun's ``srun: error: ...``, or the first line of
+        mpirun's last explanation (a block between rules that follows the
+        line that says what happened, and says it less precisely).
+        """
+        return self._last_other or self._last_explained or self._last_srun
 
     @property
     def ended(self) -> bool:
@@ -216,7 +225,12 @@ class LaunchWatch:
                     return True
             return False
         text = line.decode(errors="replace").strip()
-        if text.startswith("srun: "):
+        if RULE.fullmatch(text):
+            self._explaining, self._explained = not self._explaining, False
+        elif self._explaining:
+            if text and not self._explained:
+                self._last_explained, self._explained = text, True
+        elif text.startswith("srun: "):
             self._last_srun = text
         elif text:
             self._last_other = text
