@@ -45,7 +45,7 @@ def failed_on_login(cluster, name: str) -> tuple[str, float]:
     """Start ``name`` on the login node as Jupyter does, which must fail: one line, seconds; nothing left on node2."""
     done = cluster.on("login", [PYTHON, "-c", FAILED_START, name], env=os.environ, timeout=120)
     assert done.returncode == 0 and done.stdout, done.stderr
-    error, seconds = json.loads(done.stdout)
+    error, seconds = json.loads(done.stdout.splitlines()[-1])
     assert "\n" not in error
     nothing_left_on(cluster, "node2", 10)
     return error, seconds
