@@ -1,22 +1,28 @@
 """Across nodes: a kernel on node2 used from the login node, directly and through the proxy, side by side.
 
-    python bench/across_nodes.py                 # about 2 minutes; root only
-    python bench/across_nodes.py --batches 6 --per-batch 100 --startups 3   # a smoke run
+    python bench/across_nodes.py                 # srun, ssh and mpirun: about 6 minutes; root only
+    python bench/across_nodes.py --launchers srun --batches 6 --per-batch 100 --startups 3   # a smoke run
 
 It brings up the tests' two-node Slurm cluster (tests/slurm.py's
 ``MultiNodeCluster``: node1 and node2 in network namespaces on a bridge, this
 process a login node on a veth into it) and always stops it in ``finally``.
-On it, two kernels on node2, both encrypted with CurveZMQ:
+For each launcher (``srun -w node2``; ``ssh node2`` to an sshd on node2,
+tests/sshd.py; ``mpirun -np 1 --host node2``, whose daemon starts over that
+ssh), two kernels on node2, both encrypted with CurveZMQ:
 
-- DIRECT: an ipykernel started by ``srun -w node2`` on a connection file
+- DIRECT: an ipykernel started by the launcher on a connection file
   written here by hand: node2's address, fixed ports, and a CURVE keypair as
   the provisioner gives the proxy (the kernel a CURVE server on it, the
   client with that public key as the server key), as a user would bind a
   kernel reachable from the login node without the proxy.
-- PROXIED: a user's ``srun -w node2`` spec put through ``install``, launched
+- PROXIED: a user's spec for that launcher put through ``install``, launched
   by jupyter_client with the package's provisioner: the proxy on node2 binds
-  node2's address with ports of its own, reports them on srun's stdout, and
-  the kernel behind it listens on node2's loopback.
+  node2's address with ports of its own, reports them on the launcher's
+  stdout, and the kernel behind it listens on node2's loopback.
+
+mpirun looks node2 up by name: this process runs in a mount namespace of its
+own where /etc/hosts is the cluster's and /etc/resolv.conf is empty, so that
+no name lookup leaves the machine.
 
 Measured interleaved as bench/run.py does, with its lean zmq client: the round
 trip of an empty cell (median of batches, rotating which kernel goes first)
@@ -50,48 +56,78 @@ from tests.slurm import (  # noqa: E402
     MultiNodeCluster,
     Unavailable,
     installed,
-    job_spec,
     missing_multinode,
     offered,
     temporary_folder,
 )
+from tests.sshd import sshd_on  # noqa: E402
 
 #: The direct kernel's ports on node2: fixed, as a hand-written connection file has them.
 DIRECT_PORTS = dict(shell_port=50101, iopub_port=50102, stdin_port=50103, control_port=50104, hb_port=50105)
-PROXIED = "proxied-node2"
+#: What starts a command on node2, for each launcher measured.
+LAUNCHERS = {
+    "srun": ["srun", "-N1", "-n1", "-w", "node2"],
+    "ssh": ["ssh", "node2"],
+    "mpirun": ["mpirun", "-np", "1", "--host", "node2"],
+}
+IPYKERNEL = [bench.PYTHON, "-m", "ipykernel_launcher", "-f"]
+
+
+def proxied_name(launcher: str) -> str:
+    return f"proxied-{launcher}"
 
 
 class Direct:
-    """An ipykernel in a job on node2, bound on node2's address by its connection file; ``stop`` ends the job."""
+    """An ipykernel on node2 started by ``launcher``, bound on node2's address by its connection file."""
 
-    def __init__(self, connection_file: Path):
+    def __init__(self, launcher: str, connection_file: Path):
         from jupyter_client.manager import KernelManager
 
-        self.connection_file = connection_file
-        self.srun: subprocess.Popen | None = None
+        self.launcher, self.connection_file = launcher, connection_file
+        self.process: subprocess.Popen | None = None
         self.km = KernelManager()
         self.km.load_connection_file(str(connection_file))
 
     def launch(self, _km=None) -> None:
         out = bench.KERNEL_LOG["file"]
-        self.srun = subprocess.Popen(
-            ["srun", "-N1", "-n1", "-w", "node2", "--job-name=bench-direct"]
-            + [bench.PYTHON, "-m", "ipykernel_launcher", "-f", str(self.connection_file)],
+        self.process = subprocess.Popen(
+            [*LAUNCHERS[self.launcher], *IPYKERNEL, str(self.connection_file)],
+            stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
             cwd=bench.KERNEL_LOG["cwd"],
         )
 
     def stop(self) -> None:
-        """SIGTERM to srun, which ends its step and job; SIGKILL if it lingers."""
-        if self.srun is None:
+        """The kernel asked to shut down (ssh would leave it running), then the launcher told to stop, then killed."""
+        if self.process is None:
             return
-        self.srun.terminate()
-        try:
-            self.srun.wait(15)
-        except subprocess.TimeoutExpired:
-            self.srun.kill()
-            self.srun.wait()
+        with contextlib.suppress(Exception):
+            self.km.request_shutdown()
+        for stop in (lambda: None, self.process.terminate, self.process.kill):
+            stop()
+            try:
+                self.process.wait(10)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def private_names(cluster: MultiNodeCluster) -> None:
+    """This process (and what it starts from now on) in a mount namespace: the cluster's hosts file, no DNS server."""
+    import ctypes
+
+    CLONE_NEWNS = 0x00020000
+    if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    empty = cluster.root / "resolv.conf"
+    empty.write_text("")
+    for argv in (
+        ["mount", "--make-rprivate", "/"],
+        ["mount", "--bind", str(cluster.root / "hosts"), "/etc/hosts"],
+        ["mount", "--bind", str(empty), "/etc/resolv.conf"],
+    ):
+        subprocess.run(argv, check=True, timeout=30)
 
 
 def direct_connection_file(cluster: MultiNodeCluster, folder: Path) -> Path:
@@ -113,27 +149,27 @@ def direct_connection_file(cluster: MultiNodeCluster, folder: Path) -> Path:
     return path
 
 
-def first_reply_direct(connection_file: Path) -> float:
-    """bench/run.py's launch to first reply, for the direct kernel on node2; the kernel and its job ended after."""
-    direct = Direct(connection_file)
+def first_reply_direct(launcher: str, connection_file: Path) -> float:
+    """bench/run.py's launch to first reply, for the direct kernel on node2; the kernel (and any job) ended after."""
+    direct = Direct(launcher, connection_file)
     try:
         return bench.first_reply(direct.km, start=direct.launch)
     finally:
         direct.stop()
 
 
-def bench_startup(cluster: MultiNodeCluster, connection_file: Path, reps: int, log) -> dict:
+def bench_startup(cluster: MultiNodeCluster, launcher: str, connection_file: Path, reps: int, log) -> dict:
     """Cold starts on node2, direct and proxied in rotating order, each from an empty queue."""
     launches = {
-        "direct": lambda: first_reply_direct(connection_file),
-        "proxied": lambda: bench.cold_start(PROXIED),
+        "direct": lambda: first_reply_direct(launcher, connection_file),
+        "proxied": lambda: bench.cold_start(proxied_name(launcher)),
     }
     res = {"direct": [], "proxied": []}
     for rep in range(reps):
         for name in bench.rotated(rep, "direct", "proxied"):
             cluster.wait_for_empty_queue(30)
             res[name].append(launches[name]())
-            log(f"startup on node2 {name}: {res[name][-1]:.3f} s")
+            log(f"startup on node2 by {launcher}, {name}: {res[name][-1]:.3f} s")
     out = {n: {"median": bench.median(v), "all": v} for n, v in res.items()}
     out["ratio"] = out["proxied"]["median"] / out["direct"]["median"]
     return out
@@ -148,40 +184,41 @@ def table(r: dict, m: dict, notes: list[str]) -> str:
     def row(what, direct, proxied, ratio):
         rows.append(f"| {what} | {direct} | {proxied} | {ratio} |")
 
-    if "roundtrip" in r:
-        rt = r["roundtrip"]
-        row(
-            f"round trip, empty cell, median (n={rt['direct']['n']} each)",
-            f"{rt['direct']['median'] * 1e3:.3f} ms",
-            f"{rt['proxied']['median'] * 1e3:.3f} ms",
-            f"{rt['ratio_median']:.2f}x",
-        )
-        row(
-            "round trip, empty cell, p95",
-            f"{rt['direct']['p95'] * 1e3:.3f} ms",
-            f"{rt['proxied']['p95'] * 1e3:.3f} ms",
-            f"{rt['ratio_p95']:.2f}x",
-        )
-        row(
-            f"round trip, per-batch median ratio ({len(rt['batch_ratios'])} batches)",
-            "",
-            "",
-            bench.spread(rt["batch_ratios"]),
-        )
-    if "startup" in r:
-        st = r["startup"]
-        row(
-            f"startup, srun launch to first execute reply, median (n={len(st['direct']['all'])} each)",
-            f"{st['direct']['median']:.3f} s",
-            f"{st['proxied']['median']:.3f} s",
-            f"{st['ratio']:.2f}x",
-        )
-        row(
-            "startup, each launch",
-            " ".join(f"{x:.2f}" for x in st["direct"]["all"]),
-            " ".join(f"{x:.2f}" for x in st["proxied"]["all"]),
-            "",
-        )
+    for launcher in LAUNCHERS:
+        if "roundtrip" in r.get(launcher, {}):
+            rt = r[launcher]["roundtrip"]
+            row(
+                f"{launcher}: round trip, empty cell, median (n={rt['direct']['n']} each)",
+                f"{rt['direct']['median'] * 1e3:.3f} ms",
+                f"{rt['proxied']['median'] * 1e3:.3f} ms",
+                f"{rt['ratio_median']:.2f}x",
+            )
+            row(
+                f"{launcher}: round trip, empty cell, p95",
+                f"{rt['direct']['p95'] * 1e3:.3f} ms",
+                f"{rt['proxied']['p95'] * 1e3:.3f} ms",
+                f"{rt['ratio_p95']:.2f}x",
+            )
+            row(
+                f"{launcher}: round trip, per-batch median ratio ({len(rt['batch_ratios'])} batches)",
+                "",
+                "",
+                bench.spread(rt["batch_ratios"]),
+            )
+        if "startup" in r.get(launcher, {}):
+            st = r[launcher]["startup"]
+            row(
+                f"{launcher}: startup, launch to first execute reply, median (n={len(st['direct']['all'])} each)",
+                f"{st['direct']['median']:.3f} s",
+                f"{st['proxied']['median']:.3f} s",
+                f"{st['ratio']:.2f}x",
+            )
+            row(
+                f"{launcher}: startup, each launch",
+                " ".join(f"{x:.2f}" for x in st["direct"]["all"]),
+                " ".join(f"{x:.2f}" for x in st["proxied"]["all"]),
+                "",
+            )
     row("jobs / processes / cluster pieces left after the run", "", r.get("left", "?"), "")
     lines = ["", *rows, "", "Machine:", *(f"- {k}: {v}" for k, v in m.items()), *(f"- {n}" for n in notes)]
     return "\n".join(lines)
@@ -190,6 +227,7 @@ def table(r: dict, m: dict, notes: list[str]) -> str:
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="roundtrip,startup", help="comma-separated subset: roundtrip,startup")
+    p.add_argument("--launchers", default=",".join(LAUNCHERS), help="comma-separated subset: srun,ssh,mpirun")
     p.add_argument("--batches", type=int, default=20, help="round trip: interleaved batches (default 20)")
     p.add_argument("--per-batch", type=int, default=200, help="round trip: executes per batch (default 200)")
     p.add_argument("--startups", type=int, default=8, help="startup: launches of each (default 8)")
@@ -198,6 +236,9 @@ def parse(argv=None):
     a.only = set(filter(None, a.only.split(",")))
     if a.only - {"roundtrip", "startup"}:
         p.error("--only: choose from roundtrip,startup")
+    a.launchers = [name for name in a.launchers.split(",") if name]
+    if set(a.launchers) - set(LAUNCHERS):
+        p.error(f"--launchers: choose from {','.join(LAUNCHERS)}")
     return a
 
 
@@ -218,34 +259,56 @@ def main(argv=None) -> int:
     direct = proxied = None
     load = [os.getloadavg()[0]]
     try:
-        bench.private_jupyter(root, bench.REPO)
-        bench.KERNEL_LOG["file"] = open(args.kernel_log, "ab") if args.kernel_log else open(os.devnull, "wb")
-        for name in [n for n in os.environ if n.startswith(SLURM_VARIABLES)]:
-            del os.environ[name]
-        os.environ["SLURM_CONF"] = str(cluster.conf)
-        started = time.monotonic()
-        cluster.start()
-        log(f"two-node cluster up in {time.monotonic() - started:.1f} s; node2 at {cluster.address('node2')}")
-        installed(Path(os.environ["JUPYTER_PATH"]) / "kernels", PROXIED, job_spec(), server_ip=offered(cluster))
-        connection_file = direct_connection_file(cluster, root)
-        if "roundtrip" in args.only:
-            direct = Direct(connection_file)
-            direct.launch()
-            proxied = bench.start(PROXIED)
-            proxied.name = "proxied"
-            kernels = [bench.Running("direct", direct.km, bench.Lean(direct.km)), proxied]
-            for k in kernels:
-                k.client.wait_iopub()
-            results["roundtrip"] = bench.bench_roundtrip(kernels, args.batches, args.per_batch, log)
-            kernels[0].client.close()
-            direct.stop()
-            bench.stop(proxied)
-            direct = proxied = None
-        if "startup" in args.only:
-            results["startup"] = bench_startup(cluster, connection_file, args.startups, log)
+        with contextlib.ExitStack() as stack:
+            bench.private_jupyter(root, bench.REPO)
+            bench.KERNEL_LOG["file"] = open(args.kernel_log, "ab") if args.kernel_log else open(os.devnull, "wb")
+            for name in [n for n in os.environ if n.startswith(SLURM_VARIABLES)]:
+                del os.environ[name]
+            os.environ["SLURM_CONF"] = str(cluster.conf)
+            # Open MPI refuses root without these; the benchmark runs as root.
+            os.environ.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+            started = time.monotonic()
+            cluster.start()
+            log(f"two-node cluster up in {time.monotonic() - started:.1f} s; node2 at {cluster.address('node2')}")
+            if {"ssh", "mpirun"} & set(args.launchers):
+                ssh = stack.enter_context(sshd_on(cluster, root / "ssh"))
+                os.environ["PATH"] = f"{ssh}{os.pathsep}{os.environ['PATH']}"
+            if "mpirun" in args.launchers:
+                private_names(cluster)
+            kernels_dir = Path(os.environ["JUPYTER_PATH"]) / "kernels"
+            for launcher in args.launchers:
+                spec = {
+                    "argv": [*LAUNCHERS[launcher], *IPYKERNEL, "{connection_file}"],
+                    "display_name": f"by {launcher}",
+                    "language": "python",
+                }
+                installed(kernels_dir, proxied_name(launcher), spec, server_ip=offered(cluster))
+            connection_file = direct_connection_file(cluster, root)
+            for launcher in args.launchers:
+                results[launcher] = {}
+                if "roundtrip" in args.only:
+                    direct = Direct(launcher, connection_file)
+                    direct.launch()
+                    proxied = bench.start(proxied_name(launcher))
+                    proxied.name = "proxied"
+                    kernels = [bench.Running("direct", direct.km, bench.Lean(direct.km)), proxied]
+                    for k in kernels:
+                        k.client.wait_iopub()
+                    log(f"round trip by {launcher}")
+                    results[launcher]["roundtrip"] = bench.bench_roundtrip(kernels, args.batches, args.per_batch, log)
+                    kernels[0].client.close()
+                    direct.stop()
+                    bench.stop(proxied)
+                    direct = proxied = None
+                if "startup" in args.only:
+                    results[launcher]["startup"] = bench_startup(cluster, launcher, connection_file, args.startups, log)
+        # The sshd is stopped: what is left now, the benchmark left.
         cluster.wait_for_empty_queue(30)
         left = bench.leftovers(root)
         results["left"] = f"{len(cluster.jobs())} / {len(left)}"
+        for proc in left:
+            with contextlib.suppress(Exception):
+                log(f"left behind: {proc.pid} {' '.join(proc.cmdline())[:200]}")
         bench.kill_all(left)
     except Unavailable as e:
         print(f"across_nodes.py: the cluster did not start: {e}", file=sys.stderr)

@@ -14,9 +14,11 @@ import ipaddress
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
+import typing as t
 from pathlib import Path
 
 import zmq
@@ -36,6 +38,7 @@ from .inner import InnerKernel, inner_kernel_spec
 from .iopub import IOPubRelay
 from .job import Job, JobNotices
 from .kernel import ProxyKernel
+from .provisioner import RESTART_FLAG
 from .rescue import RescuePolicy
 
 
@@ -64,11 +67,16 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         "control": "ProxyKernelApp.control_port",
         "hb": "ProxyKernelApp.hb_port",
         "resource-dir": "ProxyKernelApp.resource_dir",
+        reach.REPORT_OPTION[2:]: "ProxyKernelApp.report_to",
     }
     flags = {
         **Application.flags,
         **session_flags,
         "standby": ({"ProxyKernel": {"standby": True}}, "Keep a spare kernel started, for a %restart at once."),
+        RESTART_FLAG: (
+            {"ProxyKernel": {"jupyter_restarts_in_place": True}},
+            "Given by inplace_restarter's provisioner, which keeps the proxy on Jupyter's own restart.",
+        ),
     }
 
     resource_dir = Unicode(
@@ -97,6 +105,15 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         help="Bind the client's sockets on a routable address without CurveZMQ keys: code and outputs then "
         "cross the network in plain text, readable and forgeable by anyone on it.",
     )
+    report_to = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Given by inplace_restarter's provisioner when a launcher (srun, ssh, mpirun) may run the kernel on "
+        "another host: the Jupyter server host's addresses, comma separated. The proxy binds toward the first "
+        "it has a route to and prints where it listens in one signed line on stdout, which the launcher carries "
+        "back to the server.",
+    )
     prelaunched = Any(None, help="The inner kernel launched before the app (a prelaunch.Prelaunched), if any.")
     #: time.time() of each step of the start, logged once the first inner kernel is ready
     timeline: dict[str, float]
@@ -105,7 +122,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         help="Arguments after the proxy's own (a client's extra_arguments): the inner kernel's, after its argv.",
     )
     #: the server's addresses when the provisioner asked for a report of where the proxy is (see reach)
-    report_to: list[str] | None = None
+    server_ips: list[str] | None = None
 
     kernel = Any()
     #: the channels, each with a ``<name>_port`` trait
@@ -128,7 +145,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         except kernelspec.SpecError as e:
             self.log.critical("%s", e)
             self.exit(2)
-        self.report_to = reach.requested(os.environ)
+        self.server_ips = reach.requested(self.report_to)
         self.init_connection_file()
         self.init_reach()
         self.init_sockets()
@@ -147,6 +164,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
             stdin_socket=self.stdin_socket,
             log=self.log,
             inner_spec=inner_spec,
+            encrypted=self.curve_secretkey is not None,
         )
         self.kernel.record_ports({f"{name}_port": getattr(self, f"{name}_port") for name in self.ports})
         if self.prelaunched is not None:
@@ -176,7 +194,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         try:
             self.connection_file = filefind(self.connection_file, [".", jupyter_runtime_dir()])
         except OSError:
-            if self.report_to is not None:
+            if self.server_ips is not None:
                 self.log.critical(
                     "%s cannot see the connection file %s: give Jupyter a runtime folder shared with the node "
                     "(JUPYTER_RUNTIME_DIR in the Jupyter server's environment)",
@@ -199,10 +217,10 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         host they are replaced by the address the server reaches and ports
         picked here, which :meth:`report` tells the server.
         """
-        if self.report_to is None:
+        if self.server_ips is None:
             return
         try:
-            ip = self.bind_ip or reach.choose_bind_ip(self.report_to)
+            ip = self.bind_ip or reach.choose_bind_ip(self.server_ips)
         except reach.ReachError as e:
             self.log.critical("%s", e)
             self.exit(2)
@@ -236,7 +254,7 @@ python -m inplace_restarter list|install|remove|wizard --help"""
 
     def report(self) -> None:
         """Tell the server where the client's sockets are: one signed line, written at once, on stdout."""
-        if self.report_to is None:
+        if self.server_ips is None:
             return
         info = {
             "ip": self.ip,
@@ -321,8 +339,12 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         self.log.info("To connect another client to this kernel, use: --existing %s", self.connection_file)
 
     def start(self) -> None:
-        if self.parent_pid > 1:
+        # On another host the parent is the launcher's end there (sshd's session, orted, slurmstepd), which
+        # goes when the launcher on the server's host does; ssh and mpirun forward no JPY_PARENT_PID.
+        if self.parent_pid > 1 or self.server_ips is not None:
             threading.Thread(target=self._exit_with_parent, name="ParentPoller", daemon=True).start()
+        if self.server_ips is not None and _is_a_pipe(0):
+            threading.Thread(target=self._exit_with_stdin, name="StdinPoller", daemon=True).start()
         self.kernel.start()
         try:
             IOLoop.current().start()
@@ -339,7 +361,22 @@ python -m inplace_restarter list|install|remove|wizard --help"""
         parent = os.getppid()
         while os.getppid() == parent:
             time.sleep(1)
-        self.log.warning("The process that started the kernel is gone; exiting")
+        self._exit("The process that started the kernel is gone")
+
+    def _exit_with_stdin(self) -> None:
+        """Exit, inner kernels and all, once the launcher closes the stdin it gave the proxy.
+
+        Across hosts, the one sign that also reaches a proxy behind a shell
+        that does not exec it (a wrapper script, ``ssh node 'cmd >log'``):
+        the launcher's end on this host closes the pipe when the launcher on
+        the server's host goes.  Jupyter never writes to a kernel's stdin.
+        """
+        while os.read(0, 65536):
+            pass
+        self._exit("The launcher closed the kernel's stdin: its end on the server's host is gone")
+
+    def _exit(self, why: str) -> t.NoReturn:
+        self.log.warning("%s; exiting", why)
         self.kernel.cleanup()
         os._exit(1)
 
@@ -362,6 +399,15 @@ def process_start() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _is_a_pipe(fd: int) -> bool:
+    """Whether ``fd`` is a pipe or socket (what a launcher gives), not a terminal, /dev/null or a file."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def launch(argv: list[str] | None = None, prelaunched=None, kernel_arguments: list[str] = ()) -> None:

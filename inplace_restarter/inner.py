@@ -62,12 +62,19 @@ def new_manager(
     runtime_dir: Path,
     key: bytes,
     signature_scheme: str,
+    encrypted: bool = False,
     prelaunched: Prelaunched | None = None,
     **kwargs,
 ) -> AsyncKernelManager:
     """A manager for one inner kernel: loopback, the client's key, a private connection file.
 
-    With ``prelaunched``, the manager of that kernel, which it takes over when it starts.
+    ``encrypted`` (the client's link is): the kernel gets CurveZMQ keys too if
+    its spec says it takes them (``metadata.supported_encryption``,
+    jupyter_client's "auto"), so that another user on the host cannot read on
+    the loopback what the network does not carry in plain text.  A kernel
+    that does not say so listens unencrypted, and says so itself.  With
+    ``prelaunched``, the manager of that kernel, which it takes over when it
+    starts (prelaunch leaves out a kernel that would get keys).
     """
     if prelaunched is not None:
         manager = AsyncKernelManager(
@@ -75,6 +82,7 @@ def new_manager(
             kernel_spec_manager=_OneSpec(spec=spec),
             session=Session(key=key, signature_scheme=signature_scheme),
             connection_file=str(prelaunched.connection_file),
+            transport_encryption="auto" if encrypted else "disabled",
             context=zmq.asyncio.Context.instance(),
             cache_ports=False,
             **kwargs,
@@ -91,6 +99,7 @@ def new_manager(
         session=Session(key=key, signature_scheme=signature_scheme),
         transport="tcp",
         ip="127.0.0.1",
+        transport_encryption="auto" if encrypted else "disabled",
         connection_file=str(runtime_dir / f"inner-{uuid.uuid4()}.json"),
         # One context for all incarnations' managers (their clients share
         # another): a context of its own would start and stop an I/O thread
@@ -206,16 +215,18 @@ class InnerKernel(LoggingConfigurable):
         on_input_request: Callable[[dict, Pending], None],
         manager: AsyncKernelManager | None = None,
         job: Job | None = None,
+        encrypted: bool = False,
         **kwargs,
     ):
         """``session`` is the client's (the kernel signs with its key); ``iopub`` relays the output.
 
-        ``job`` is the Slurm job the proxy runs in, if any, to say whether its limits killed the kernel.
+        ``job`` is the Slurm job the proxy runs in, if any, to say whether its limits killed the kernel;
+        ``encrypted``, whether the client's link is (see new_manager).
         """
         super().__init__(**kwargs)
         self._iopub, self._on_input_request, self.job = iopub, on_input_request, job
         self.manager = manager or new_manager(
-            spec, runtime_dir, session.key, session.signature_scheme, parent=self, log=self.log
+            spec, runtime_dir, session.key, session.signature_scheme, encrypted, parent=self, log=self.log
         )
         InnerKernel.live.add(self)
         #: a launcher is stopped by SIGTERM to it alone, never killed with its process group
@@ -250,9 +261,10 @@ class InnerKernel(LoggingConfigurable):
         # client's blocking methods are never called.  Iopub is read by the
         # iopub relay's thread.  One zmq context for all incarnations: a
         # context of its own would start and stop an I/O thread per restart.
-        client = BlockingKernelClient(
-            **self.manager.get_connection_info(session=True), parent=self.manager, context=zmq.Context.instance()
-        )
+        info = self.manager.get_connection_info(session=True)
+        # As KernelManager.client does: the info carries CurveZMQ keys as text, the client takes bytes.
+        info.update({k: v.encode() for k, v in info.items() if k.startswith("curve_") and isinstance(v, str)})
+        client = BlockingKernelClient(**info, parent=self.manager, context=zmq.Context.instance())
         # The kernel binds its ports only once it has imported itself; zmq
         # retries a refused connection every 0.1 s by default.
         client.context.setsockopt(zmq.RECONNECT_IVL, 10)
@@ -393,11 +405,12 @@ class InnerKernels(LoggingConfigurable):
         on_input_request: Callable[[dict, Pending], None],
         standby: bool = False,
         job: Job | None = None,
+        encrypted: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._spec, self._session, self._iopub, self._on_input_request = spec, session, iopub, on_input_request
-        self.standby, self.job = standby, job
+        self.standby, self.job, self.encrypted = standby, job, encrypted
         #: the kernel serving the client, if any
         self.current: InnerKernel | None = None
         #: shutting down: a kernel that exits now is not rescued, and no spare is started
@@ -419,9 +432,8 @@ class InnerKernels(LoggingConfigurable):
             self._runtime_dir = prelaunch.private_runtime_dir()
         early, self._prelaunched, manager = self._prelaunched, None, None
         if early is not None:
-            manager = new_manager(
-                self._spec, early.runtime_dir, self._session.key, self._session.signature_scheme, early, parent=self
-            )
+            key, scheme = self._session.key, self._session.signature_scheme
+            manager = new_manager(self._spec, early.runtime_dir, key, scheme, self.encrypted, early, parent=self)
         return await self._new(manager)
 
     async def _new(self, manager: AsyncKernelManager | None = None, attempts: int = 3) -> InnerKernel:
@@ -439,6 +451,7 @@ class InnerKernels(LoggingConfigurable):
                 self._on_input_request,
                 manager=manager,
                 job=self.job,
+                encrypted=self.encrypted,
                 parent=self,
                 log=self.log,
             )

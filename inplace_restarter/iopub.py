@@ -34,6 +34,8 @@ class Source(t.Protocol):
     """One inner kernel's iopub, as the relay thread reads it."""
 
     url: str
+    #: the kernel's CurveZMQ public and secret key, or None for a kernel without encryption
+    curve_keys: tuple[bytes, bytes] | None
 
     def take(self, frames: list[zmq.Frame]) -> list[zmq.Frame] | None:
         """Called in the relay thread: the frames to send on to the client, or None to drop them."""
@@ -159,6 +161,10 @@ class IOPubRelay:
                 # A starting kernel binds its ports late; zmq retries every 0.1 s by default.
                 sub.setsockopt(zmq.RECONNECT_IVL, 10)
                 sub.setsockopt(zmq.SUBSCRIBE, b"")
+                if source.curve_keys is not None:
+                    # As jupyter_client's clients do: the kernel's own keypair, and its public key as the server's.
+                    sub.curve_publickey, sub.curve_secretkey = source.curve_keys
+                    sub.curve_serverkey = source.curve_keys[0]
                 sub.connect(source.url)
                 watched[sub], by_id[key] = source, sub
                 poller.register(sub, zmq.POLLIN)

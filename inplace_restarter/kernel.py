@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import os
 import shlex
 import signal
 import typing as t
@@ -42,7 +41,7 @@ from .inner import InnerKernel, InnerKernels
 from .job import Job, JobNotices, watch_end, where
 from .kernelbase import WrapperKernelBase
 from .prelaunch import Prelaunched
-from .provisioner import ENV_NAME, REPLY_KEY
+from .provisioner import REPLY_KEY
 from .relay import InnerKernelDied, Pending, Unanswered
 from .rescue import RescuePolicy, Rescuer
 from .restart import InPlaceRestarter
@@ -146,6 +145,13 @@ class ProxyKernel(WrapperKernelBase):
         "Costs the memory of a second kernel; a spare started before a change to the environment "
         "(a pip install) may not see it: %restart --cold starts a new kernel instead.",
     )
+    encrypted = Bool(False, help="Whether the client's link is encrypted (CurveZMQ): then the inner kernel's too.")
+    jupyter_restarts_in_place = Bool(
+        False,
+        config=True,
+        help="Answer Jupyter's own restart (the Restart button, restart_kernel) by restarting the kernel in place "
+        "and staying: set by inplace_restarter's provisioner, which then keeps this process (--jupyter-restarts-in-place).",
+    )
 
     def __init__(self, **kwargs: t.Any):
         super().__init__(**kwargs)
@@ -160,6 +166,7 @@ class ProxyKernel(WrapperKernelBase):
             self._send_input_request,
             standby=self.standby,
             job=self.job,
+            encrypted=self.encrypted,
             parent=self,
             log=self.log,
         )
@@ -245,7 +252,7 @@ class ProxyKernel(WrapperKernelBase):
         The provisioner reads the reply's REPLY_KEY as the promise that this
         process stays; any other shutdown_request ends the proxy as usual.
         """
-        if not (parent["content"].get("restart") and os.environ.get(ENV_NAME) == "1"):
+        if not (parent["content"].get("restart") and self.jupyter_restarts_in_place):
             await super().shutdown_request(stream, ident, parent)
             return
         await self._on_main(self.restarter.restart_soon())

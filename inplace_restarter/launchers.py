@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 import shlex
 import signal
 import subprocess
@@ -319,9 +320,33 @@ def runs_proxy(argv: list[str]) -> bool:
             words += shlex.split(arg) if " " in arg else [arg]
         except ValueError:
             words.append(arg)
-    return any(pair == ("-m", "inplace_restarter") for pair in pairwise(words)) or any(
-        _name(word) == "jupyter-inplace-restarter" for word in words
+    return any(pair == ("-m", PROXY_MODULE) for pair in pairwise(words)) or any(
+        _name(word) == PROXY_SCRIPT for word in words
     )
+
+
+#: the proxy's module run as ``-m``, and its console script
+PROXY_MODULE, PROXY_SCRIPT = "inplace_restarter", "jupyter-inplace-restarter"
+#: the proxy's name in a command string (remote_ikernel's ``--kernel_cmd``), followed by its arguments or the end
+_PROXY_IN_A_STRING = re.compile(rf"(-m\s+{PROXY_MODULE}|(?:\S*/)?{PROXY_SCRIPT})(?=\s|$)")
+
+
+def with_proxy_options(argv: list[str], options: list[str]) -> list[str]:
+    """``argv`` with ``options`` given to the proxy, first after its module (or script), wherever it runs.
+
+    Whatever a launcher passes on (ssh, mpirun, srun, a container runner, a
+    wrapper script) carries its command's arguments, where the environment
+    would need to be forwarded by hand; a command string (remote_ikernel's)
+    gets them in the string.
+    """
+    new = []
+    for index, arg in enumerate(argv):
+        if " " in arg and index > 0:
+            arg = _PROXY_IN_A_STRING.sub(lambda m: " ".join([m.group(0), *map(shlex.quote, options)]), arg)
+        new.append(arg)
+        if (index > 0 and argv[index - 1] == "-m" and arg == PROXY_MODULE) or _name(arg) == PROXY_SCRIPT:
+            new += options
+    return new
 
 
 def signal_leader(process: subprocess.Popen, signum: int) -> None:

@@ -201,6 +201,12 @@ def prelaunch(argv: list[str], extra: list[str] = ()) -> Prelaunched | None:
         key, scheme = str(info["key"]), str(info["signature_scheme"])
         if not isinstance(fields.get("argv"), list) or not all(isinstance(a, str) for a in fields["argv"]):
             return None
+        if (
+            info.get("curve_secretkey")
+            and "curve" in str((fields.get("metadata") or {}).get("supported_encryption")).lower()
+        ):
+            # The manager gives such a kernel CurveZMQ keys of its own (see inner.new_manager).
+            return None
     except (kernelspec.SpecError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     ports = free_ports()

@@ -5,8 +5,9 @@ the command again: for a proxied kernel in a batch job, a new job.  This
 provisioner, a ``LocalProvisioner`` in every other respect, lets a proxy it
 launched keep running instead:
 
-- At launch it tells the proxy, by :data:`ENV_NAME` in its environment, that
-  its launcher can restart in place.  jupyter_client sends the
+- At launch it tells the proxy, by :data:`RESTART_FLAG` on its command line
+  (which every launcher passes on), that its launcher can restart in place.
+  jupyter_client sends the
   ``shutdown_request {"restart": true}`` before it tells the provisioner that
   a restart is under way, so the proxy must know beforehand.
 - The proxy answers that request with a ``shutdown_reply`` carrying
@@ -22,8 +23,9 @@ Across nodes (a proxied spec whose launcher may run the kernel on another
 host: srun, mpirun, ssh), the proxy tells where it listens (see reach):
 
 - ``pre_launch`` gives the manager CurveZMQ keys if it has none, before the
-  connection file is written, and asks the proxy for a report through
-  :data:`reach.ENV_NAME`, which carries this host's addresses.
+  connection file is written, and asks the proxy for a report by
+  :data:`reach.REPORT_OPTION` on its command line, which carries this host's
+  addresses.
 - ``launch_kernel`` starts the launcher with its stdout and stderr read by
   :class:`reach.LaunchWatch` and waits, up to ``launch_timeout`` and while
   the launcher lives, for the proxy's signed report; it logs a Slurm job
@@ -34,14 +36,13 @@ host: srun, mpirun, ssh), the proxy tells where it listens (see reach):
   ``LocalProvisioner`` launches only on a local interface, and a proxy that
   lands on the server's host binds what the connection file says.
 
-Kernels that are not proxied get no variable and no waiting: exactly a
+Kernels that are not proxied get no option and no waiting: exactly a
 ``LocalProvisioner``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import time
 import typing as t
@@ -57,8 +58,9 @@ from .launchers import LAUNCHER_GRACE
 
 #: the provisioner's name in the ``jupyter_client.kernel_provisioners`` entry points
 PROVISIONER_NAME = "inplace-restarter"
-#: set to "1" in a proxied kernel's environment by this provisioner
-ENV_NAME = "INPLACE_RESTARTER_RESTARTS_IN_PLACE"
+#: given by this provisioner to every proxy it launches, first after the proxy's module: the launcher keeps the proxy
+#: on Jupyter's restart, so the proxy may answer its shutdown_request by restarting in place
+RESTART_FLAG = "jupyter-restarts-in-place"
 #: in the shutdown_reply's content: the proxy is restarting its inner kernel and stays
 REPLY_KEY = "restarting_in_place"
 
@@ -93,6 +95,14 @@ class InPlaceProvisioner(LocalProvisioner):
         "has to report where it listens, time in the batch queue included; then the launch fails and the "
         "launcher is stopped, its job with it.",
     )
+    report_timeout = Float(
+        60.0,
+        config=True,
+        help="Seconds the proxy behind such a launcher has to report where it listens once it may run: from the "
+        "launch, or from when a Slurm job that waited in the queue starts (the queue's wait is launch_timeout's). "
+        "Then the launch fails and the launcher is stopped: a launcher that lives on without the proxy's report "
+        "(a wrapper that swallows its stdout, a host that never answers) fails in this time, not launch_timeout.",
+    )
     server_ip = Unicode(
         "",
         config=True,
@@ -120,14 +130,8 @@ class InPlaceProvisioner(LocalProvisioner):
         return any(launcher.remote for launcher in launchers.parse(self.kernel_spec.argv).launchers)
 
     async def pre_launch(self, **kwargs: t.Any) -> dict[str, t.Any]:
-        if self.proxied:
-            # As the base does: no env means the server's own environment.
-            env = kwargs.get("env")
-            kwargs["env"] = {**(os.environ if env is None else env), ENV_NAME: "1"}
-            if self.reports:
-                kwargs["env"][reach.ENV_NAME] = ",".join(reach.server_ips(self.server_ip))
         if not self.reports:
-            return await super().pre_launch(**kwargs)
+            return self._with_proxy_options(await super().pre_launch(**kwargs))
         manager = self.parent
         if manager.curve_publickey is None:
             manager.curve_publickey, manager.curve_secretkey = zmq.curve_keypair()
@@ -144,6 +148,15 @@ class InPlaceProvisioner(LocalProvisioner):
         if self.in_place and reached is not None:
             manager.ip = reached["ip"]
             self.connection_info = reached
+        return self._with_proxy_options(kwargs)
+
+    def _with_proxy_options(self, kwargs: dict[str, t.Any]) -> dict[str, t.Any]:
+        """The launch's command with this provisioner's requests to the proxy on the proxy's command line."""
+        if self.proxied:
+            options = [f"--{RESTART_FLAG}"]
+            if self.reports:
+                options.append(f"{reach.REPORT_OPTION}={','.join(reach.server_ips(self.server_ip))}")
+            kwargs["cmd"] = launchers.with_proxy_options(kwargs["cmd"], options)
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: t.Any) -> KernelConnectionInfo:
@@ -165,7 +178,14 @@ class InPlaceProvisioner(LocalProvisioner):
         server; a manager driven from a short-lived thread would take its
         kernels down with that thread.
         """
-        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=launchers.stop_with_parent)
+        # stdin is kept open (jupyter_client closes the one it makes): it ends only with the kernel or this
+        # process, which every launcher passes on to the proxy, on whatever host, as the end of its input.
+        kwargs.update(
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=launchers.stop_with_parent,
+        )
         started = time.monotonic()
         await super().launch_kernel(cmd, **kwargs)
         report = await self._wait_for_report(cmd[0])
@@ -193,10 +213,12 @@ class InPlaceProvisioner(LocalProvisioner):
         self._watch = watch = reach.LaunchWatch(
             self.process, manager.session.key, manager.session.signature_scheme, notify
         )
-        deadline = loop.time() + self.launch_timeout
+        deadline = time.monotonic() + self.launch_timeout
         logged = None
         while watch.report is None:
             changed.clear()
+            # The report's own clock runs from the launch or the job's start, and stands while the job is queued.
+            reported_by = None if watch.queued else max(watch.launched, watch.allocated) + self.report_timeout
             if watch.queued and watch.job != logged:
                 logged = watch.job
                 self.log.info(
@@ -204,17 +226,24 @@ class InPlaceProvisioner(LocalProvisioner):
                     "waiting up to %.0f s for it to start (InPlaceProvisioner.launch_timeout)",
                     self.kernel_id,
                     watch.job,
-                    max(0.0, deadline - loop.time()),
+                    max(0.0, deadline - time.monotonic()),
                 )
             if self.process.poll() is not None or watch.ended:
                 await self._give_up(f"{launcher} exited before the proxy said where it listens")
-            if loop.time() >= deadline:
+            job = f", Slurm job {watch.job}" if watch.job else ""
+            if time.monotonic() >= deadline:
                 await self._give_up(
                     f"the proxy did not say where it listens within {self.launch_timeout:g} s "
-                    f"(InPlaceProvisioner.launch_timeout){f', Slurm job {watch.job}' if watch.job else ''}"
+                    f"(InPlaceProvisioner.launch_timeout){job}"
                 )
+            if reported_by is not None and time.monotonic() >= reported_by:
+                await self._give_up(
+                    f"the proxy did not say where it listens within {self.report_timeout:g} s while {launcher} "
+                    f"ran (InPlaceProvisioner.report_timeout){job}; the proxy's stdout must reach {launcher}'s"
+                )
+            next_look = min(deadline, reported_by or deadline)
             with suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(1.0, max(0.0, deadline - loop.time())))
+                await asyncio.wait_for(changed.wait(), min(1.0, max(0.0, next_look - time.monotonic())))
         return watch.report
 
     async def _give_up(self, what: str) -> t.NoReturn:

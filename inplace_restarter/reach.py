@@ -5,9 +5,10 @@ starts the proxy on a compute node.  The connection file the server wrote
 names the server's own loopback and ports it picked on its own host: neither
 means anything on the node.  So the two sides agree as follows:
 
-- The provisioner puts the server host's addresses in :data:`ENV_NAME` in the
-  launcher's environment (srun passes its environment on to the task); the
-  variable's presence is the request for a report.
+- The provisioner puts the server host's addresses on the proxy's command
+  line, :data:`REPORT_OPTION` first after the proxy's module, where every
+  launcher carries it (srun, ssh, mpirun, a container runner, a wrapper that
+  passes its arguments on); the option's presence is the request for a report.
 - The proxy, on the node, finds its own address toward the server host
   (:func:`choose_bind_ip`): on that address it binds the client's sockets,
   with ports of its own, unless the route to the server is local (the same
@@ -30,11 +31,12 @@ import re
 import socket
 import sys
 import threading
+import time
 import typing as t
 from contextlib import suppress
 
-#: set by the provisioner in a proxied kernel's environment: the server host's addresses, comma separated
-ENV_NAME = "INPLACE_RESTARTER_SERVER_IPS"
+#: given by the provisioner to the proxy: the server host's addresses, comma separated (none: loopback only)
+REPORT_OPTION = "--report-to"
 #: the first word of the line that tells the server where the proxy is
 PREFIX = "inplace_restarter-connect"
 #: what the report carries, besides host and pid
@@ -42,6 +44,8 @@ PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 FIELDS = ("ip", "transport", *PORTS)
 #: srun's lines while its job waits in the queue and once it runs
 QUEUED = re.compile(r"srun: job (\d+) queued and waiting for resources")
+#: the line that opens and closes each of Open MPI's explanations (mpirun's help messages)
+RULE = re.compile(r"-{20,}")
 ALLOCATED = re.compile(r"srun: job (\d+) has been allocated resources")
 
 
@@ -103,9 +107,8 @@ def _is_ipv4(text: str) -> bool:
         return False
 
 
-def requested(environ: t.Mapping[str, str]) -> list[str] | None:
-    """The server's addresses if the provisioner asked for a report, else None."""
-    value = environ.get(ENV_NAME)
+def requested(value: str | None) -> list[str] | None:
+    """The server's addresses if the provisioner asked for a report (``value`` of REPORT_OPTION), else None."""
     if value is None:
         return None
     return [ip for ip in value.split(",") if ip]
@@ -163,7 +166,11 @@ class LaunchWatch:
         self.report: dict | None = None
         self.job: str | None = None
         self.queued = False
-        self._last_other = self._last_srun = ""
+        #: when the launcher was started, and when its job (if it waited in the queue) got its nodes: monotonic
+        self.launched, self.allocated = time.monotonic(), 0.0
+        self._last_other = self._last_srun = self._last_explained = ""
+        #: inside one of Open MPI's explanations, and whether its first line was taken
+        self._explaining = self._explained = False
         self.closed: set[str] = set()
         self._threads = [
             threading.Thread(target=self._read, args=(process.stdout, sys.stdout, "stdout"), daemon=True),
@@ -174,8 +181,13 @@ class LaunchWatch:
 
     @property
     def last_words(self) -> str:
-        """The last line on stderr: the kernel's or proxy's, else srun's own (``srun: error: ...``)."""
-        return self._last_other or self._last_srun
+        """The last line on stderr: the kernel's, proxy's or ssh's, else the launcher's own.
+
+        The launcher's own: srun's ``srun: error: ...``, or the first line of
+        mpirun's last explanation (a block between rules that follows the
+        line that says what happened, and says it less precisely).
+        """
+        return self._last_other or self._last_explained or self._last_srun
 
     @property
     def ended(self) -> bool:
@@ -213,7 +225,12 @@ class LaunchWatch:
                     return True
             return False
         text = line.decode(errors="replace").strip()
-        if text.startswith("srun: "):
+        if RULE.fullmatch(text):
+            self._explaining, self._explained = not self._explaining, False
+        elif self._explaining:
+            if text and not self._explained:
+                self._last_explained, self._explained = text, True
+        elif text.startswith("srun: "):
             self._last_srun = text
         elif text:
             self._last_other = text
@@ -221,6 +238,8 @@ class LaunchWatch:
         if match:
             self.job = match.group(1)
             self.queued = match.re is QUEUED
+            if not self.queued:
+                self.allocated = time.monotonic()
             self.notify()
         return False
 

@@ -164,6 +164,12 @@ class Relay:
         info = client.get_connection_info()
         #: where the inner kernel publishes; the iopub relay's thread reads it (see take)
         self.url = f"{info['transport']}://{info['ip']}:{info['iopub_port']}"
+        #: the inner kernel's CurveZMQ keys, which a client uses as its own too, if it has them
+        self.curve_keys = (
+            (info["curve_publickey"].encode(), info["curve_secretkey"].encode())
+            if info.get("curve_secretkey")
+            else None
+        )
         self._iopub = iopub
         self._seen_iopub = False
         # Replies are read by callbacks on the event loop, not awaited

@@ -17,6 +17,7 @@ from .slurm import (  # noqa: F401  (fixtures for Slurm jobs)
     slurm_memory_cluster,
 )
 from .spec_helpers import proxied, with_provisioner, write_direct_and_proxied, write_spec
+from .sshd import ssh_node2  # noqa: F401  (a fixture: an sshd on node2)
 
 
 @pytest.fixture(autouse=True)

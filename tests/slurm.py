@@ -463,8 +463,8 @@ class MultiNodeCluster(Cluster):
     # -- use --------------------------------------------------------------
 
     def enter(self, node: str) -> list[str]:
-        """The argv prefix that runs a command on ``node``: its network, hostname and hosts file."""
-        pid = self.processes[f"slurmd-{node}"].pid
+        """The argv prefix that runs a command on ``node`` (or "login"): its network, hostname and hosts file."""
+        pid = self.processes["slurmctld" if node == "login" else f"slurmd-{node}"].pid
         return ["nsenter", f"--target={pid}", "--net", "--uts", "--mount", "--"]
 
     def on(self, node: str, argv: list[str], timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:

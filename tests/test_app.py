@@ -161,9 +161,9 @@ def test_an_unreadable_connection_file_is_a_one_line_error_and_leaves_no_kernel(
 def test_asked_for_a_report_the_kernel_says_where_it_listens_in_one_signed_line(jupyter_dirs, tmp_path):
     """On the server's own host (a route to it is local) the proxy binds what the connection file says."""
     connection_file, info = write_connection_file(str(tmp_path / "kernel.json"), ip="127.0.0.1", key=b"k3y")
-    env = {**os.environ, reach.ENV_NAME: "127.0.0.1", "JPY_PARENT_PID": str(os.getpid())}
+    env = {**os.environ, "JPY_PARENT_PID": str(os.getpid())}
     proc = subprocess.Popen(
-        [PYTHON, "-m", "inplace_restarter", "-f", connection_file, "--", *IPYKERNEL_ARGV],
+        [PYTHON, "-m", "inplace_restarter", "--report-to=127.0.0.1", "-f", connection_file, "--", *IPYKERNEL_ARGV],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -184,11 +184,10 @@ def test_asked_for_a_report_without_the_connection_file_it_says_the_node_cannot_
     """A compute node whose files differ from the server's: one line that says what to share."""
     missing = tmp_path / "not-on-this-node" / "kernel-1.json"
     proc = subprocess.run(
-        [PYTHON, "-m", "inplace_restarter", "-f", str(missing), "--", *IPYKERNEL_ARGV],
+        [PYTHON, "-m", "inplace_restarter", "--report-to=127.0.0.1", "-f", str(missing), "--", *IPYKERNEL_ARGV],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, reach.ENV_NAME: "127.0.0.1"},
     )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "CRITICAL" in line]
@@ -208,9 +207,9 @@ keys = zmq.curve_keypair() if curve == "curve" else (None, None)
 connection_file, info = write_connection_file(
     os.path.join(folder, "kernel.json"), ip="127.0.0.1", key=b"k3y", curve_publickey=keys[0], curve_secretkey=keys[1]
 )
-env = {**os.environ, reach.ENV_NAME: server, "JPY_PARENT_PID": str(os.getpid())}
+env = {**os.environ, "JPY_PARENT_PID": str(os.getpid())}
 proxy = subprocess.Popen(
-    [sys.executable, "-m", "inplace_restarter", "-f", connection_file, *options.split(), "--", *kernel],
+    [sys.executable, "-m", "inplace_restarter", f"--report-to={server}", "-f", connection_file, *options.split(), "--", *kernel],
     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
 )
 report = reach.parse_report(proxy.stdout.readline(), b"k3y", "hmac-sha256")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import zmq
 
 from .helpers import ended, execute, inner_pid, needs, running, stdout_of
 from .spec_helpers import proxied, write_spec
@@ -29,6 +30,29 @@ def test_the_inner_kernel_gets_a_private_loopback_connection_with_the_clients_ke
     assert info["key"] == km.session.key.decode(), "signs its output for the client"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) & 0o777 == 0o700
+
+
+#: ipykernel's warning when it listens on TCP without CurveZMQ keys
+PLAIN_TEXT = "Kernel is running over TCP without encryption"
+
+
+@pytest.mark.parametrize("takes_keys", [True, False])
+def test_behind_an_encrypted_link_the_inner_kernel_is_encrypted_if_its_spec_says_it_can(
+    kernels_dir, tmp_path, takes_keys
+):
+    """As jupyter_client's "auto": a kernel whose spec declares CurveZMQ gets keys; another warns, truly."""
+    metadata = {"supported_encryption": ["curve"]} if takes_keys else {}
+    write_spec(kernels_dir, "curve", proxied(metadata=metadata))
+    public, secret = zmq.curve_keypair()
+    keys = {"curve_publickey": public, "curve_secretkey": secret}
+    with open(tmp_path / "kernel.log", "wb") as log, running("curve", manager=keys, stderr=log) as (km, kc):
+        code = "from ipykernel.connect import get_connection_file; import json; print(get_connection_file())"
+        _, outputs = execute(kc, code)
+        info = json.loads(Path(stdout_of(outputs).strip()).read_text())
+        execute(kc, "%restart")
+        assert execute(kc, "print('relayed')")[1], "the output of the next kernel is relayed too"
+    assert bool(info.get("curve_secretkey")) is takes_keys
+    assert (PLAIN_TEXT in (tmp_path / "kernel.log").read_text()) is not takes_keys
 
 
 def test_shutdown_request_shuts_the_inner_kernel_down_and_removes_its_files(specs):

@@ -27,6 +27,7 @@ class Source:
         self.pub = context.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.url = f"tcp://127.0.0.1:{self.pub.bind_to_random_port('tcp://127.0.0.1')}"
+        self.curve_keys = None
         self.taken: list[list[bytes]] = []
 
     def take(self, frames: list[zmq.Frame]) -> list | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from inplace_restarter.provisioner import ENV_NAME, PROVISIONER_NAME
+from inplace_restarter.provisioner import PROVISIONER_NAME, RESTART_FLAG
 
 from .helpers import (
     ended,
@@ -49,6 +49,11 @@ def button(proxy_with, tmp_path):
 def environment_variable(kc, name: str) -> str:
     _, outputs = execute(kc, f"import os; print(os.environ.get({name!r}))")
     return stdout_of(outputs).strip()
+
+
+def asked_to_restart_in_place(km) -> bool:
+    """Whether the kernel's process was given the provisioner's request on its command line."""
+    return f"--{RESTART_FLAG}" in psutil.Process(km.provisioner.pid).cmdline()
 
 
 def restarted_the_ordinary_way(km, kc, old_pid: int) -> None:
@@ -84,6 +89,14 @@ def test_restart_kernel_restarts_the_inner_kernel_and_keeps_the_proxy(button, tm
     # How long, for the record (--junitxml); how fast is the benchmark's to say.
     record_property("restart_kernel_returned_s", round(returned, 3))
     record_property("new_kernel_answered_s", round(answered, 3))
+
+
+def test_the_request_to_restart_in_place_travels_on_the_proxys_command_line_after_its_module(button):
+    """Where every launcher carries it (ssh and mpirun pass no environment); the proxy's own options follow."""
+    km, _ = button
+    argv = psutil.Process(km.provisioner.pid).cmdline()
+    start = argv.index("inplace_restarter")
+    assert argv[start - 1 : start + 3] == ["-m", "inplace_restarter", f"--{RESTART_FLAG}", "-f"]
 
 
 def test_the_servers_environment_reaches_the_kernel_behind_the_proxy(proxy_with, monkeypatch):
@@ -157,7 +170,7 @@ def test_a_proxy_that_does_not_answer_gets_the_ordinary_restart(proxy_with):
 def test_a_kernel_that_is_not_proxied_restarts_as_with_the_local_provisioner(kernels_dir):
     write_spec(kernels_dir, "plain", with_provisioner(direct()))
     with running("plain") as (km, kc):
-        assert environment_variable(kc, ENV_NAME) == "None"
+        assert not asked_to_restart_in_place(km)
         pid = km.provisioner.pid
         km.restart_kernel()
         restarted_the_ordinary_way(km, kc, pid)
@@ -165,7 +178,7 @@ def test_a_kernel_that_is_not_proxied_restarts_as_with_the_local_provisioner(ker
 
 def test_a_proxy_launched_by_another_provisioner_restarts_the_ordinary_way(specs):
     with running("proxied") as (km, kc):
-        assert environment_variable(kc, ENV_NAME) == "None"
+        assert not asked_to_restart_in_place(km)
         proxy = km.provisioner.pid
         km.restart_kernel()
         restarted_the_ordinary_way(km, kc, proxy)

@@ -71,10 +71,10 @@ def test_other_lines_are_no_report(line):
     assert reach.parse_report(line, KEY, "hmac-sha256") is None
 
 
-def test_the_request_is_the_variable_and_carries_the_servers_addresses():
-    assert reach.requested({}) is None
-    assert reach.requested({reach.ENV_NAME: "10.77.0.1,192.0.2.2"}) == ["10.77.0.1", "192.0.2.2"]
-    assert reach.requested({reach.ENV_NAME: ""}) == [], "a server with loopback only still asks"
+def test_the_request_is_the_option_and_carries_the_servers_addresses():
+    assert reach.requested(None) is None
+    assert reach.requested("10.77.0.1,192.0.2.2") == ["10.77.0.1", "192.0.2.2"]
+    assert reach.requested("") == [], "a server with loopback only still asks"
 
 
 def test_the_server_offers_a_configured_address_alone_else_its_public_ipv4_ones():
@@ -138,3 +138,26 @@ def test_on_another_host_the_proxy_binds_its_own_address_toward_the_server_and_s
     assert choices["source to nowhere"] is None
     assert choices["no route"].startswith("error: no route from ")
     assert "ProxyKernelApp.bind_ip" in choices["no route"] and "InPlaceProvisioner.server_ip" in choices["no route"]
+
+
+#: a rule as mpirun draws them around its explanations
+RULE = "-" * 74
+
+
+@pytest.mark.parametrize(
+    ("stderr", "last"),
+    [
+        (["the node says no", "srun: error: node2: task 0: Exited with exit code 1"], "the node says no"),
+        (["srun: error: Unable to allocate resources: Invalid node name specified"], "srun: error: Unable to"),
+        (["ssh: Could not resolve hostname node9", RULE, "ORTE could not start its daemons.", "", RULE], "ssh: Could"),
+        ([RULE, "ORTE could not start its daemons.", "Check PATH.", RULE, RULE, "", "Exit code: 1", RULE], "Exit code"),
+    ],
+)
+def test_the_last_words_are_the_kernels_or_ssh_s_before_a_launchers_own(stderr, last):
+    """srun's lines and mpirun's explanations between rules say less than the line before them."""
+    code = f"import sys; sys.stderr.write({chr(10).join(stderr) + chr(10)!r})"
+    process = subprocess.Popen([PYTHON, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watch = reach.LaunchWatch(process, KEY, "hmac-sha256", lambda: None)
+    process.wait(30)
+    watch.join(30)
+    assert watch.ended and watch.last_words.startswith(last)

@@ -101,10 +101,18 @@ class JupyterServer:
 
 
 @contextmanager
-def jupyter_server(app_module: str, workdir: Path, startup_timeout: float = 60, python: str = sys.executable):
+def jupyter_server(
+    app_module: str,
+    workdir: Path,
+    startup_timeout: float = 60,
+    python: str = sys.executable,
+    on: tuple[list[str], str] = ([], "127.0.0.1"),
+):
     """Run ``python -m <app_module>`` (jupyterlab, notebook or jupyter_server) on loopback with a token.
 
     It serves ``workdir/notebooks`` and logs to ``workdir/<app_module>.log``.
+    ``on``: the argv prefix that runs it on another host and the address it listens on there
+    (the cluster's login node: ``(cluster.enter("login"), cluster.address("login"))``).
 
     The server inherits the test's private Jupyter folders from the environment. It is
     stopped with SIGTERM (which shuts its kernels down) and killed if that does not do;
@@ -115,10 +123,11 @@ def jupyter_server(app_module: str, workdir: Path, startup_timeout: float = 60, 
     log_path = workdir / f"{app_module}.log"
     port = free_port()
     token = secrets.token_hex(16)
+    prefix, ip = on
     argv = [
-        python, "-m", app_module,
+        *prefix, python, "-m", app_module,
         "--no-browser", "--allow-root",
-        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+        f"--ServerApp.ip={ip}", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={root_dir}",
         "--ServerApp.terminals_enabled=False",
@@ -138,7 +147,7 @@ def jupyter_server(app_module: str, workdir: Path, startup_timeout: float = 60, 
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=workdir
         )
-    server = JupyterServer(proc, f"http://127.0.0.1:{port}", token, root_dir, log_path)
+    server = JupyterServer(proc, f"http://{ip}:{port}", token, root_dir, log_path)
 
     def answers() -> bool:
         if proc.poll() is not None:
