@@ -68,12 +68,17 @@ class Route:
     with a zero byte) keep the proxy's shared sockets.
     """
 
-    def __init__(self, context: zmq.Context, urls: dict[str, str], identity: bytes):
+    def __init__(self, client: BlockingKernelClient, urls: dict[str, str], identity: bytes):
+        """Sockets like ``client``'s own (its context, its CurveZMQ keys for an encrypted kernel), ``identity``'s."""
         self.sockets: dict[str, zmq.Socket] = {}
         for channel in ROUTED:
-            socket = self.sockets[channel] = context.socket(zmq.DEALER)
+            socket = self.sockets[channel] = client.context.socket(zmq.DEALER)
             socket.linger = 1000
             socket.identity = identity
+            if client.curve_publickey is not None:
+                # As jupyter_client's own sockets: the connection file's keypair, the kernel's key as the server's.
+                socket.curve_secretkey = client.curve_secretkey
+                socket.curve_publickey = socket.curve_serverkey = client.curve_publickey
             if channel == "stdin":
                 # Connected before any request of the client's can make the kernel ask for input.
                 self.monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -259,7 +264,7 @@ class Relay:
         if route is None:
             if not Route.takes(key):
                 return
-            route = Route(self.client.context, self._urls, key)
+            route = Route(self.client, self._urls, key)
             for channel, socket in route.sockets.items():
                 self._handlers[socket] = self._on_stdin if channel == "stdin" else self._on_reply
                 self._loop.add_reader(socket.FD, self._drain, socket)
