@@ -223,12 +223,13 @@ def prelaunch(argv: list[str], extra: list[str] = ()) -> Prelaunched | None:
     try:
         with launcher_alone() as launcher:
             process = launcher.launch_kernel(cmd, env=dict(env), **kwargs)
+            launched = time.time()
     except Exception:
         shutil.rmtree(runtime_dir, ignore_errors=True)
         return None
     atexit.register(shutil.rmtree, runtime_dir, ignore_errors=True)
     atexit.register(stop, process, is_launcher)
-    return Prelaunched(process, cmd, env, kwargs, inner_file, runtime_dir, time.time())
+    return Prelaunched(process, cmd, env, kwargs, inner_file, runtime_dir, launched)
 
 
 def stop(process: subprocess.Popen, is_launcher: bool) -> None:
