@@ -237,7 +237,8 @@ def test_cells_on_control_are_answered_there_in_order_beside_a_cell_running_on_s
     )
     replies = [(kind, parent, content["status"]) for kind, parent, content in proxied[:3]]
     assert replies == [("execute_reply", f"control {n}", "ok") for n in range(3)]
-    assert "".join(c["text"] for kind, _, c in proxied if kind == "stream") == "0.6\n0.3\n0.1\n"
+    # The shell cell's own (None here): IPython may say there that the control cells' history moved.
+    assert "".join(c["text"] for kind, _, c in proxied if kind == "stream" and c is not None) == "0.6\n0.3\n0.1\n"
     assert proxied == direct, pformat({"direct": direct, "proxied": proxied}, width=140)
 
 
