@@ -70,7 +70,8 @@ WAITING = "import os, time\nprint('waiting', flush=True)\nwhile not os.path.exis
 def test_each_notice_comes_once_in_the_running_cell_or_else_at_the_top_of_the_next(kernels_dir, slurm, tmp_path):
     """A two-minute job, warned 90 and 80 s before its end: 30 s in, a cell runs; 40 s in, none does."""
     log, release = tmp_path / "kernel.log", tmp_path / "release"
-    proxy = ("--JobNotices.warn_before=[90,80]",)
+    # At INFO, the log says when each notice fell due: the marker of the one due while no cell runs.
+    proxy = ("--JobNotices.warn_before=[90,80]", "--log-level=INFO")
     with proxied_in_job(kernels_dir, slurm, ("--time=2",), proxy, log) as (km, kc):
         job = where(kc)[0]
         msg_id = kc.execute(WAITING.format(release=str(release)))

@@ -100,7 +100,6 @@ def test_rest_and_websocket_drive_a_kernel_on_node2_through_both_restarts_an_int
         assert (host_cell, proxy_cell) == (host_rest, proxy_rest) == (host, proxy)
         assert len({pid, pid_cell, pid_rest}) == 3, "a new kernel behind the proxy at each restart"
         assert reached(jupyter_dirs, kernel["id"]) == before, "the same address and ports throughout"
-        assert "Restarted the kernel in place in" in server.log()
 
         server.api(f"/api/kernels/{kernel['id']}", "DELETE")
         print(f"nothing left on node2 {nothing_left_on(cluster, 'node2', 15):.1f} s after DELETE")
