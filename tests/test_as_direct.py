@@ -172,7 +172,7 @@ def test_a_request_on_control_is_answered_before_shell_requests_queued_behind_a_
             f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.01)"
         )
         wait_for_file(started)
-        queued = kc.complete("pri")
+        queued = kc.is_complete("pri")
         on_control = send(kc, "control", "kernel_info_request", {})
         first = kc.get_control_msg(timeout=30)
         release.touch()
