@@ -1,14 +1,14 @@
 """Across nodes: a kernel on node2 used from the login node, directly and through the proxy, side by side.
 
-    python bench/across_nodes.py                 # srun, ssh and mpirun: about 6 minutes; root only
+    python bench/across_nodes.py                 # srun, ssh, mpirun and MPICH's mpiexec: about 8 minutes; root only
     python bench/across_nodes.py --launchers srun --batches 6 --per-batch 100 --startups 3   # a smoke run
 
 It brings up the tests' two-node Slurm cluster (tests/slurm.py's
 ``MultiNodeCluster``: node1 and node2 in network namespaces on a bridge, this
 process a login node on a veth into it) and always stops it in ``finally``.
 For each launcher (``srun -w node2``; ``ssh node2`` to an sshd on node2,
-tests/sshd.py; ``mpirun -np 1 --host node2``, whose daemon starts over that
-ssh), two kernels on node2, both encrypted with CurveZMQ:
+tests/sshd.py; ``mpirun -np 1 --host node2`` and MPICH's ``mpiexec.mpich -n 1
+-hosts node2``, whose daemons start over that ssh), two kernels on node2, both encrypted with CurveZMQ:
 
 - DIRECT: an ipykernel started by the launcher on a connection file
   written here by hand: node2's address, fixed ports, and a CURVE keypair as
@@ -20,7 +20,7 @@ ssh), two kernels on node2, both encrypted with CurveZMQ:
   node2's address with ports of its own, reports them on the launcher's
   stdout, and the kernel behind it listens on node2's loopback.
 
-mpirun looks node2 up by name: this process runs in a mount namespace of its
+The MPI launchers look node2 up by name: this process runs in a mount namespace of its
 own where /etc/hosts is the cluster's and /etc/resolv.conf is empty, so that
 no name lookup leaves the machine.
 
@@ -69,7 +69,10 @@ LAUNCHERS = {
     "srun": ["srun", "-N1", "-n1", "-w", "node2"],
     "ssh": ["ssh", "node2"],
     "mpirun": ["mpirun", "-np", "1", "--host", "node2"],
+    "mpiexec.mpich": ["mpiexec.mpich", "-n", "1", "-hosts", "node2"],
 }
+#: the launchers that start their part on node2 over ssh, and those that look node2 up by name
+OVER_SSH, BY_NAME = {"ssh", "mpirun", "mpiexec.mpich"}, {"mpirun", "mpiexec.mpich"}
 IPYKERNEL = [bench.PYTHON, "-m", "ipykernel_launcher", "-f"]
 
 
@@ -227,7 +230,7 @@ def table(r: dict, m: dict, notes: list[str]) -> str:
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="roundtrip,startup", help="comma-separated subset: roundtrip,startup")
-    p.add_argument("--launchers", default=",".join(LAUNCHERS), help="comma-separated subset: srun,ssh,mpirun")
+    p.add_argument("--launchers", default=",".join(LAUNCHERS), help=f"comma-separated subset: {','.join(LAUNCHERS)}")
     p.add_argument("--batches", type=int, default=20, help="round trip: interleaved batches (default 20)")
     p.add_argument("--per-batch", type=int, default=200, help="round trip: executes per batch (default 200)")
     p.add_argument("--startups", type=int, default=8, help="startup: launches of each (default 8)")
@@ -270,10 +273,10 @@ def main(argv=None) -> int:
             started = time.monotonic()
             cluster.start()
             log(f"two-node cluster up in {time.monotonic() - started:.1f} s; node2 at {cluster.address('node2')}")
-            if {"ssh", "mpirun"} & set(args.launchers):
+            if OVER_SSH & set(args.launchers):
                 ssh = stack.enter_context(sshd_on(cluster, root / "ssh"))
                 os.environ["PATH"] = f"{ssh}{os.pathsep}{os.environ['PATH']}"
-            if "mpirun" in args.launchers:
+            if BY_NAME & set(args.launchers):
                 private_names(cluster)
             kernels_dir = Path(os.environ["JUPYTER_PATH"]) / "kernels"
             for launcher in args.launchers:

@@ -201,6 +201,10 @@ SINGULARITY = Launcher(
 #: reaches the kernel through ssh tunnels of its own (so it is not ``remote`` here).
 REMOTE_IKERNEL = Launcher("remote_ikernel", "job", passes_sigint=False)
 LAUNCHERS = {launcher.name: launcher for launcher in (SRUN, MPIRUN, MPIEXEC, SSH, APPTAINER, SINGULARITY)}
+#: the names Debian's alternatives point ``mpirun`` and ``mpiexec`` at (Open MPI's and MPICH's), which specs
+#: written for one MPI name to be sure which runs
+LAUNCHERS |= {name: MPIRUN for name in ("mpirun.openmpi", "orterun", "mpirun.mpich")}
+LAUNCHERS |= {name: MPIEXEC for name in ("mpiexec.openmpi", "mpiexec.mpich", "mpiexec.hydra")}
 #: remote_ikernel's interfaces that start a batch job (the others, local and ssh, hold no job)
 BATCH_INTERFACES = {"slurm", "pbs", "sge", "sge_qrsh", "lsf"}
 #: what remote_ikernel fills in for the connection file in ``--kernel_cmd``

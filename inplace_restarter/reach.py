@@ -47,6 +47,9 @@ QUEUED = re.compile(r"srun: job (\d+) queued and waiting for resources")
 #: the line that opens and closes each of Open MPI's explanations (mpirun's help messages)
 RULE = re.compile(r"-{20,}")
 ALLOCATED = re.compile(r"srun: job (\d+) has been allocated resources")
+#: a launcher's own lines on stderr: srun's, and those of MPICH's Hydra (``[mpiexec@login] ...``), which
+#: prints a trail of its internals when a launch fails, after ssh has said why
+LAUNCHER_OWN = re.compile(r"srun: |\[mpiexec@[^\]]*\] ")
 
 
 class ReachError(Exception):
@@ -168,7 +171,7 @@ class LaunchWatch:
         self.queued = False
         #: when the launcher was started, and when its job (if it waited in the queue) got its nodes: monotonic
         self.launched, self.allocated = time.monotonic(), 0.0
-        self._last_other = self._last_srun = self._last_explained = ""
+        self._last_other = self._last_own = self._last_explained = ""
         #: inside one of Open MPI's explanations, and whether its first line was taken
         self._explaining = self._explained = False
         self.closed: set[str] = set()
@@ -183,11 +186,12 @@ class LaunchWatch:
     def last_words(self) -> str:
         """The last line on stderr: the kernel's, proxy's or ssh's, else the launcher's own.
 
-        The launcher's own: srun's ``srun: error: ...``, or the first line of
-        mpirun's last explanation (a block between rules that follows the
-        line that says what happened, and says it less precisely).
+        The launcher's own: srun's ``srun: error: ...``, Hydra's last line, or
+        the first line of Open MPI's last explanation (a block between rules
+        that follows the line that says what happened, and says it less
+        precisely).
         """
-        return self._last_other or self._last_explained or self._last_srun
+        return self._last_other or self._last_explained or self._last_own
 
     @property
     def ended(self) -> bool:
@@ -230,8 +234,8 @@ class LaunchWatch:
         elif self._explaining:
             if text and not self._explained:
                 self._last_explained, self._explained = text, True
-        elif text.startswith("srun: "):
-            self._last_srun = text
+        elif LAUNCHER_OWN.match(text):
+            self._last_own = text
         elif text:
             self._last_other = text
         match = QUEUED.search(text) or ALLOCATED.search(text)

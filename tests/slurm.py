@@ -476,6 +476,16 @@ class MultiNodeCluster(Cluster):
         """Plug ``node``'s cable in (``up``) or pull it: it then reaches nobody and nobody reaches it."""
         self._ip("-n", self.namespaces[node], "link", "set", "eth0", "up" if up else "down")
 
+    @contextmanager
+    def drained(self, node: str):
+        """``node`` takes no new job while inside (its running jobs go on), as an admin drains it."""
+        done = self._run("scontrol", "update", f"NodeName={node}", "State=DRAIN", "Reason=test")
+        assert done.returncode == 0, done.stderr
+        try:
+            yield
+        finally:
+            self._run("scontrol", "update", f"NodeName={node}", "State=RESUME")
+
     def bridge_port(self, node: str, up: bool) -> None:
         """Switch on (``up``) or off the bridge's port to ``node``, as a cable cut on the switch's side.
 

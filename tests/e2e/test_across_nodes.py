@@ -8,14 +8,18 @@ put through ``install``, with no provisioner named in it and no address
 configured.  Clients speak to the server only: REST and the kernel's
 websocket (cells, ``%restart``, the REST restart and interrupt, DELETE), or
 JupyterLab in headless Chromium.  Restarts in place keep job, node and proxy;
-the job ends with the kernel.  (A server killed by SIGKILL leaving no job is
+the job ends with the kernel.  When the proxy itself dies, Jupyter's own
+restart starts a new job, on whichever node Slurm gives, and an open
+JupyterLab notebook goes on with it.  (A server killed by SIGKILL leaving no job is
 tests/test_across_nodes.py's, with this real server too.)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -34,14 +38,28 @@ from .conftest import DISPLAY_NAME, KERNEL_NAME, RESTART_MESSAGE, jupyter_server
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.timeout(300)]
 
 
-@pytest.fixture
-def node2_spec(restart_button_enabled, jupyter_dirs, multinode):
-    """A user's srun spec for node2, installed; the server's environment makes the provisioner the default."""
-    spec = job_spec()
+def install_user_spec(jupyter_dirs, spec: dict) -> None:
+    """A user's srun spec installed; the server's environment makes the provisioner the default."""
     spec["display_name"] = DISPLAY_NAME
     write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", KERNEL_NAME, spec)
     done = run_cli("install", KERNEL_NAME)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def node2_spec(restart_button_enabled, jupyter_dirs, multinode):
+    """A user's srun spec for node2, installed."""
+    install_user_spec(jupyter_dirs, job_spec())
+    return multinode
+
+
+@pytest.fixture
+def any_node_spec(restart_button_enabled, jupyter_dirs, multinode):
+    """A user's srun spec that takes whichever node Slurm gives, installed."""
+    spec = job_spec()
+    at = spec["argv"].index("-w")
+    del spec["argv"][at : at + 2]
+    install_user_spec(jupyter_dirs, spec)
     return multinode
 
 
@@ -176,5 +194,44 @@ def test_jupyterlab_runs_a_notebook_on_node2_through_restart(node2_spec, browser
         assert pid_after != pid
         assert [j["id"] for j in cluster.jobs()] == [job]
         expect(nb.status_bar).to_have_text(f"{DISPLAY_NAME} | Idle")
+        expect(nb.dialogs).to_have_count(0)
+    print(f"queue empty {cluster.wait_for_empty_queue(15):.1f} s after the server's SIGTERM")
+
+
+def test_an_open_jupyterlab_notebook_follows_its_kernel_to_another_node_after_the_proxy_dies(
+    any_node_spec, browser_page, tmp_path, expect
+):
+    """The proxy SIGKILLed on node2, which is drained: the server's restart lands on node1; no page reload.
+
+    jupyter_server restarts a kernel whose process died, through the same
+    provisioner, which reads where the new proxy listens; JupyterLab, told
+    the kernel restarts, reconnects its websocket, and the server's channels
+    now lead to node1.
+    """
+    cluster = any_node_spec
+    where = WHERE.replace("print(", "print('where', ")
+    with jupyter_server("jupyterlab", tmp_path) as server:
+        with cluster.drained("node1"):
+            nb = open_notebook(browser_page, server, "/lab/tree", ["x = 1\n" + where, where, "x"])
+        nb.run(0)
+        _, host, job, _, proxy = nb.output(0).inner_text().split()
+        assert host == "node2"
+        kernel_id = nb.kernels()[0]["id"]
+
+        with cluster.drained("node2"):
+            os.kill(int(proxy), signal.SIGKILL)
+            # Jupyter's own notice: "The kernel appears to have died. It will restart automatically."
+            expect(nb.dialogs).to_contain_text("appears to have died", timeout=60_000)
+            nb.dialogs.locator("button.jp-mod-accept").click()
+            expect(nb.status).to_have_attribute("data-status", "idle", timeout=60_000)
+            nb.run(1)
+        _, host_after, job_after, _, proxy_after = nb.output(1).inner_text().split()
+        assert host_after == "node1"
+        assert job_after != job and proxy_after != proxy
+        assert [k["id"] for k in nb.kernels()] == [kernel_id], "the same kernel, as the notebook knows it"
+        cluster.wait_for_job_gone(job, 15)
+        assert [j["id"] for j in cluster.jobs()] == [job_after]
+        nb.run(2)
+        expect(nb.output(2)).to_contain_text("NameError")
         expect(nb.dialogs).to_have_count(0)
     print(f"queue empty {cluster.wait_for_empty_queue(15):.1f} s after the server's SIGTERM")
