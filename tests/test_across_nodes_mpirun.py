@@ -61,12 +61,13 @@ def mpi(request, ssh_node2, monkeypatch):
 
 
 def failed_on_login(cluster, name: str) -> tuple[str, float]:
-    """Start ``name`` on the login node as Jupyter does, which must fail: one line, seconds; nothing left on node2."""
+    """Start ``name`` on the login node as Jupyter does, which must fail: one line, seconds; nothing left on a node."""
     done = cluster.on("login", [PYTHON, "-c", FAILED_START, name], env=os.environ, timeout=120)
     assert done.returncode == 0 and done.stdout, done.stderr
     error, seconds = json.loads(done.stdout.splitlines()[-1])
     assert "\n" not in error
-    nothing_left_on(cluster, "node2", 10)
+    for node in cluster.nodes:
+        nothing_left_on(cluster, node, 10)
     return error, seconds
 
 
@@ -79,6 +80,14 @@ def test_a_host_that_cannot_be_resolved_fails_with_ssh_s_words_not_the_launchers
     assert error.endswith(
         f"; last line from {mpi}: ssh: Could not resolve hostname node9: Temporary failure in name resolution"
     ), error
+    assert seconds < 10
+
+
+def test_a_host_that_cannot_be_reached_fails_with_ssh_s_words(kernels_dir, mpi, ssh_node2):
+    """node1 is up, but nothing listens for ssh there: refused at once, as a node with sshd down is."""
+    installed(kernels_dir, "unreachable", mpirun_spec(mpi, "node1"), report_timeout=3)
+    error, seconds = failed_on_login(ssh_node2, "unreachable")
+    assert error.endswith(f"; last line from {mpi}: ssh: connect to host node1 port 22: Connection refused"), error
     assert seconds < 10
 
 
