@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TypeVar
 import psutil
 import pytest
 from jupyter_client.manager import KernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 
 PYTHON = sys.executable
 
@@ -149,6 +151,16 @@ def free_port() -> int:
 # --- kernels -------------------------------------------------------------------------------
 
 
+def kernel_manager(kernel_name: str, **options) -> KernelManager:
+    """A KernelManager whose connection file is in the runtime folder, named as Jupyter's server names it.
+
+    A bare KernelManager writes a temporary file in /tmp instead, which a
+    failed start or a killed process leaves behind, outside the test's folders.
+    """
+    path = os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}.json")
+    return KernelManager(kernel_name=kernel_name, connection_file=path, **options)
+
+
 @contextmanager
 def running(kernel_name: str, *, startup_timeout: float = 60, graceful: bool = False, manager=None, **launch):
     """Start a kernel as Jupyter does: ``(KernelManager, BlockingKernelClient)``; it is gone afterwards.
@@ -159,7 +171,7 @@ def running(kernel_name: str, *, startup_timeout: float = 60, graceful: bool = F
     Jupyter does (a ``shutdown_request``) and fails if anything it started
     outlives that.
     """
-    km = KernelManager(kernel_name=kernel_name, **(manager or {}))
+    km = kernel_manager(kernel_name, **(manager or {}))
     km.start_kernel(**launch)
     kc = km.client()
     started: list[psutil.Process] = []

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import pytest
 import zmq
-from jupyter_client.manager import KernelManager
 
 from inplace_restarter import reach
 
 from .e2e.conftest import jupyter_server, restart_button_enabled  # noqa: F401  (a fixture)
-from .helpers import PYTHON, execute, reply_to, running, stdout_of, wait_for_stream
+from .helpers import PYTHON, execute, kernel_manager, reply_to, running, stdout_of, wait_for_stream
 from .slurm import installed, job_spec, reached, where
 from .spec_helpers import run_cli, with_provisioner, write_spec
 
@@ -41,7 +40,7 @@ PORTS = reach.PORTS
 
 def failed_start(name: str) -> tuple[str, float]:
     """Start kernel ``name`` as Jupyter does, which must fail: the error's text and the seconds it took."""
-    km = KernelManager(kernel_name=name)
+    km = kernel_manager(name)
     start = time.monotonic()
     with pytest.raises(RuntimeError) as failure:
         km.start_kernel()
@@ -195,7 +194,8 @@ def test_a_pending_job_is_logged_with_its_id_and_given_up_with_no_job_left(kerne
 SERVER = """
 import json, sys
 from jupyter_client.manager import KernelManager
-km = KernelManager(kernel_name=sys.argv[1])
+from jupyter_core.paths import jupyter_runtime_dir
+km = KernelManager(kernel_name=sys.argv[1], connection_file=f"{jupyter_runtime_dir()}/kernel-server.json")
 km.start_kernel()
 kc = km.blocking_client()
 kc.start_channels()

@@ -160,9 +160,10 @@ def test_a_proxy_whose_stdout_never_reaches_ssh_fails_after_the_report_timeout(k
 FAILED_START = """
 import json, sys, time
 from jupyter_client.manager import KernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 start = time.monotonic()
 try:
-    KernelManager(kernel_name=sys.argv[1]).start_kernel()
+    KernelManager(kernel_name=sys.argv[1], connection_file=f"{jupyter_runtime_dir()}/kernel-failed.json").start_kernel()
 except RuntimeError as e:
     print(json.dumps([str(e), time.monotonic() - start]))
 """

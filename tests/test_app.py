@@ -104,7 +104,8 @@ def test_control_requests_report_busy_and_idle_on_iopub(proxy):
 LAUNCHER = """
 import json, psutil, sys
 from jupyter_client.manager import KernelManager
-km = KernelManager(kernel_name="proxied")
+from jupyter_core.paths import jupyter_runtime_dir
+km = KernelManager(kernel_name="proxied", connection_file=f"{jupyter_runtime_dir()}/kernel-launcher.json")
 km.start_kernel()
 kc = km.blocking_client()
 kc.start_channels()

@@ -296,9 +296,10 @@ IN_JOB = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from jupyter_client.manager import KernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 from inplace_restarter.death import Witness
 from inplace_restarter.job import Job
-km = KernelManager(kernel_name="direct")
+km = KernelManager(kernel_name="direct", connection_file=f"{jupyter_runtime_dir()}/kernel-direct.json")
 km.start_kernel()
 kc = km.client()
 kc.start_channels()
