@@ -69,7 +69,8 @@ LAUNCHERS = {
     "srun": ["srun", "-N1", "-n1", "-w", "node2"],
     "ssh": ["ssh", "node2"],
     "mpirun": ["mpirun", "-np", "1", "--host", "node2"],
-    "mpiexec.mpich": ["mpiexec.mpich", "-n", "1", "-hosts", "node2"],
+    # Hydra's proxy on node2 connects back to this host by name: this process's host is "rootns" there.
+    "mpiexec.mpich": ["mpiexec.mpich", "-localhost", "rootns", "-n", "1", "-hosts", "node2"],
 }
 #: the launchers that start their part on node2 over ssh, and those that look node2 up by name
 OVER_SSH, BY_NAME = {"ssh", "mpirun", "mpiexec.mpich"}, {"mpirun", "mpiexec.mpich"}

@@ -134,6 +134,8 @@ _MPI_VALUES = frozenset(
         "-launcher",
         "-bootstrap",
         "-iface",
+        "-localhost",
+        "-nameserver",
         "-rf",
         "--rankfile",
     ]

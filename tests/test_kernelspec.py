@@ -213,7 +213,7 @@ PROXY = [sys.executable, "-m", "inplace_restarter", "-f", "{connection_file}", "
         (["srun", "-N", "1", "--job-name", "nb", "--pty", "-c2"], "srun", "message"),
         (["mpirun", "-np", "1", "--mca", "btl", "self", "--oversubscribe"], "mpirun", "message"),
         (["mpiexec", "-n", "1"], "mpiexec", "message"),
-        (["mpiexec.mpich", "-n", "1", "-hosts", "node2"], "mpiexec", "message"),
+        (["mpiexec.mpich", "-localhost", "login", "-n", "1", "-hosts", "node2"], "mpiexec", "message"),
         (["/usr/bin/mpirun.openmpi", "-np", "1", "--host", "node2"], "mpirun", "message"),
         (["ssh", "-p", "2222", "-o", "BatchMode=yes", "node7"], "ssh", "message"),
     ],
