@@ -8,7 +8,8 @@ It brings up the tests' two-node Slurm cluster (tests/slurm.py's
 process a login node on a veth into it) and always stops it in ``finally``.
 For each launcher (``srun -w node2``; ``ssh node2`` to an sshd on node2,
 tests/sshd.py; ``mpirun -np 1 --host node2`` and MPICH's ``mpiexec.mpich -n 1
--hosts node2``, whose daemons start over that ssh), two kernels on node2, both encrypted with CurveZMQ:
+-hosts node2``, whose daemons start over that ssh), two kernels on node2,
+both encrypted with CurveZMQ:
 
 - DIRECT: an ipykernel started by the launcher on a connection file
   written here by hand: node2's address, fixed ports, and a CURVE keypair as
@@ -20,9 +21,9 @@ tests/sshd.py; ``mpirun -np 1 --host node2`` and MPICH's ``mpiexec.mpich -n 1
   node2's address with ports of its own, reports them on the launcher's
   stdout, and the kernel behind it listens on node2's loopback.
 
-The MPI launchers look node2 up by name: this process runs in a mount namespace of its
-own where /etc/hosts is the cluster's and /etc/resolv.conf is empty, so that
-no name lookup leaves the machine.
+The MPI launchers look node2 up by name: this process runs in a mount
+namespace of its own where /etc/hosts is the cluster's and /etc/resolv.conf
+is empty, so that no name lookup leaves the machine.
 
 Measured interleaved as bench/run.py does, with its lean zmq client: the round
 trip of an empty cell (median of batches, rotating which kernel goes first)

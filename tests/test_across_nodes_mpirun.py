@@ -7,7 +7,7 @@ What works (cells, both restarts, interrupt, DELETE, a server killed) is
 tests/e2e/test_across_hosts.py's, through a real Jupyter server.  Here
 jupyter_client plays the server, on the cluster's login node (mpirun looks
 node names up, and only there are they in the hosts file), and each failure
-must be one line within 10 s, with nothing left on node2.  Both start their
+must be one line within 10 s, with nothing left on any node.  Both start their
 daemon on node2 over ssh (tests/sshd.py).
 """
 

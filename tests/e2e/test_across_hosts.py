@@ -6,7 +6,8 @@ package's server extension, so the package's provisioner is the default, and
 a user's spec put through ``install``, with no provisioner named in it and
 nothing configured.  ``ssh node2`` reaches the real sshd on node2
 (tests/sshd.py); Open MPI's ``mpirun --host node2`` and MPICH's
-``mpiexec.mpich -hosts node2`` start their daemon there over the same ssh.  Clients speak to the server only: REST and the kernel's websocket.
+``mpiexec.mpich -hosts node2`` start their daemon there over the same ssh.
+Clients speak to the server only: REST and the kernel's websocket.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from inplace_restarter import reach
 from ..helpers import PYTHON, stdout_of
 from ..spec_helpers import run_cli, write_spec
 from ..sshd import nothing_left_on, on_node
-from ..test_across_nodes_mpirun import PACKAGE, needs_launcher
+from ..test_across_nodes_mpirun import MPI, needs_launcher
 from .conftest import DISPLAY_NAME, KERNEL_NAME, RESTART_MESSAGE, jupyter_server
 from .test_across_nodes import kernel_socket, replied
 
@@ -32,17 +33,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.timeout(300)]
 #: What a cell says: host, the kernel's pid and its parent's (the proxy's).
 WHERE = "import os, socket\nprint(socket.gethostname(), os.getpid(), os.getppid())"
 #: A user's spec, before install, for each launcher: what runs ipykernel on node2.
-LAUNCHERS = {
-    "ssh": ["ssh", "node2"],
-    "mpirun": ["mpirun", "-np", "1", "--host", "node2"],
-    "mpiexec.mpich": ["mpiexec.mpich", "-n", "1", "-hosts", "node2"],
-}
+LAUNCHERS = {"ssh": ["ssh", "node2"], **{name: [*words, "node2"] for name, words in MPI.items()}}
 
 
 @pytest.fixture(params=list(LAUNCHERS))
 def launcher_spec(request, restart_button_enabled, jupyter_dirs, ssh_node2, monkeypatch):
     """The spec for ``request.param`` installed; Open MPI allowed to run as root, as the tests run."""
-    if request.param in PACKAGE:
+    if request.param in MPI:
         needs_launcher(request.param)
     monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT", "1")
     monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")

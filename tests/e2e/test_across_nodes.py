@@ -10,8 +10,8 @@ websocket (cells, ``%restart``, the REST restart and interrupt, DELETE), or
 JupyterLab in headless Chromium.  Restarts in place keep job, node and proxy;
 the job ends with the kernel.  When the proxy itself dies, Jupyter's own
 restart starts a new job, on whichever node Slurm gives, and an open
-JupyterLab notebook goes on with it.  (A server killed by SIGKILL leaving no job is
-tests/test_across_nodes.py's, with this real server too.)
+JupyterLab notebook goes on with it.  (A server killed by SIGKILL leaving no
+job is tests/test_across_nodes.py's, with this real server too.)
 """
 
 from __future__ import annotations
