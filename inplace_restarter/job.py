@@ -42,11 +42,17 @@ def parse_slurm_time(text: str) -> datetime | None:
 
 
 def format_duration(seconds: float) -> str:
-    """A duration as a user reads it: ``45 s``, ``10 min``, ``1 h 30 min``, ``2 days 3 h``."""
-    seconds = max(0, math.floor(seconds + 0.5))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = math.floor(seconds / 60 + 0.5)
+    """A duration as a user reads it: ``45 s``, ``1 min 40 s``, ``41 min``, ``1 h 30 min``, ``2 days 3 h``.
+
+    Never rounded up: the time left before a job ends is read as a promise.
+    Under ten minutes the seconds are kept, since they are a large part of it.
+    """
+    seconds = max(0, math.floor(seconds))
+    minutes, rest = divmod(seconds, 60)
+    if minutes == 0:
+        return f"{rest} s"
+    if minutes < 10:
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
     if minutes < 60:
         return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
@@ -250,23 +256,51 @@ class JobNotices(LoggingConfigurable):
         super().__init__(**kwargs)
         #: offsets already warned about
         self._given: set[float] = set()
+        #: time.time() at which the notice held for the next cell fell due; None while none is held
+        self._held_since: float | None = None
 
-    def due(self, time_left: float | None, job: Job) -> str | None:
-        """The notice due with ``time_left`` seconds left, if any; each offset gives one notice.
+    def due(self, time_left: float | None) -> bool:
+        """Whether a notice falls due with ``time_left`` seconds left; each offset gives one notice.
 
         Offsets passed together (a job that starts with less time than
         several of them) give one notice. A time limit extended past an
         offset already warned about makes it due again.
         """
         if not self.enabled or time_left is None or time_left == math.inf:
-            return None
+            return False
         self._given = {offset for offset in self._given if time_left <= offset}
         due = {offset for offset in self.warn_before if time_left <= offset} - self._given
         if not due or time_left <= 0:
-            return None
+            return False
         self._given |= due
+        return True
+
+    def word(self, job: Job, now: float | None = None) -> str | None:
+        """The notice with the time left at ``now`` (time.time()), never more; None once the job's end has passed."""
+        left = job.time_left(now)
+        if left is None or left == math.inf or left < 1:
+            return None
         limit = f"Slurm time limit {job.time_limit}, job {job.id}" if job.time_limit else f"Slurm job {job.id}"
-        return f"This job ends in {format_duration(time_left)} ({limit}): save your work"
+        return f"This job ends in {format_duration(left)} ({limit}): save your work"
+
+    def hold(self, now: float | None = None) -> None:
+        """Keep a notice that fell due for the next cell; a later one supersedes it, so the next cell shows one."""
+        self._held_since = time.time() if now is None else now
+
+    def take(self, job: Job, now: float | None = None) -> str | None:
+        """The notice held, worded now (so with the time left as the user reads it), once; None if none is."""
+        due_at, self._held_since = self._held_since, None
+        if due_at is None:
+            return None
+        now = time.time() if now is None else now
+        notice = self.word(job, now)
+        if notice is None:
+            self.log.info(
+                "Time-limit notice due at %s dropped at %s: the job is at its end", _clock(due_at), _clock(now)
+            )
+        else:
+            self.log.info("Time-limit notice due at %s shown at %s: %s", _clock(due_at), _clock(now), notice)
+        return notice
 
     def next_due(self, time_left: float | None) -> float | None:
         """Seconds until the next notice falls due, with ``time_left`` seconds left now; None if none will."""
@@ -276,16 +310,18 @@ class JobNotices(LoggingConfigurable):
         return min(ahead, default=None)
 
 
-async def watch_end(job: Job, notices: JobNotices, tell: Callable[[str], None]) -> None:
-    """Tell each notice as it falls due, reading Slurm again every ``refresh_interval``; runs until cancelled."""
+async def watch_end(job: Job, notices: JobNotices, fell_due: Callable[[], None]) -> None:
+    """Call ``fell_due()`` as each notice falls due, reading Slurm again every ``refresh_interval``; runs until cancelled."""
     while notices.enabled:
         await job.end_time()
-        left = job.time_left()
-        notice = notices.due(left, job)
-        if notice is not None:
-            tell(notice)
+        if notices.due(job.time_left()):
+            fell_due()
         wait = job.refresh_interval
         upcoming = notices.next_due(job.time_left())
         if upcoming is not None:
             wait = min(wait, upcoming)
         await asyncio.sleep(max(wait, 0.0))
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))

@@ -38,7 +38,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from .frames import read, send_frames, spend
 from .inner import InnerKernel, InnerKernels
-from .job import Job, JobNotices, watch_end, where
+from .job import Job, JobNotices, format_duration, watch_end, where
 from .kernelbase import WrapperKernelBase
 from .prelaunch import Prelaunched
 from .provisioner import REPLY_KEY
@@ -212,14 +212,29 @@ class ProxyKernel(WrapperKernelBase):
         """
         try:
             await self.job.end_time()
-            await watch_end(self.job, self.notices, self._notice_of_job)
+            await watch_end(self.job, self.notices, self._notice_fell_due)
         except Exception:
             self.log.exception("Watching the end of Slurm job %s failed: no more notices", self.job.id)
 
-    def _notice_of_job(self, notice: str) -> None:
-        # INFO: the notebook shows it; a client that shows stderr must not show it twice.
-        self.log.info("%s", notice)
-        self.rescuer.tell(notice)
+    def _notice_fell_due(self) -> None:
+        """A time-limit notice: into the running cell now, else held and worded when the next cell runs."""
+        self.notices.hold()
+        cell = self.rescuer.running_cell
+        if cell is None:
+            left = format_duration(self.job.time_left() or 0)
+            self.log.info("Time-limit notice due with %s left: held for the next cell", left)
+            return
+        notice = self._take_notices()
+        if notice is not None:
+            self._tell(notice, cell, "stderr")
+
+    def _take_notices(self) -> str | None:
+        """What the next cell shows first, once: a kernel that died while idle, the job's end near."""
+        notices = [self.rescuer.take_notice()]
+        if self.job is not None:
+            job_notice = self.notices.take(self.job)
+            notices.append(job_notice and job_notice + "\n")
+        return "".join(n for n in notices if n) or None
 
     def _serve(self, inner: InnerKernel) -> None:
         """A new inner kernel serves the client (see InPlaceRestarter.use): its info, session id and counts.
@@ -337,8 +352,8 @@ class ProxyKernel(WrapperKernelBase):
         as the inner kernel would, as do ``%restart`` cells
         (:meth:`do_execute`) and cells a failed cell aborts.  A subshell's
         requests all go to the inner kernel, which orders them.  A cell after
-        the inner kernel died while idle shows the notice first, under the
-        proxy's own status.
+        a notice was held (the inner kernel died while idle, the job's end is
+        near) shows it first, under the proxy's own status.
         """
         header = request["header"]
         msg_type, on_subshell = header["msg_type"], header.get("subshell_id") is not None
@@ -362,7 +377,7 @@ class ProxyKernel(WrapperKernelBase):
         if cell is not None:
             self._refuse_restart(parent, idents, "a subshell")
             return
-        notice = self.rescuer.take_notice() if execute and not on_subshell else None
+        notice = self._take_notices() if execute and not on_subshell else None
         if notice is None:
             await self._forward(parent, idents, frames)
             return
@@ -563,10 +578,13 @@ class ProxyKernel(WrapperKernelBase):
         return reply["content"]
 
     async def _restart_cell(self, parent: dict, silent: bool, cell: RestartCell) -> dict:
-        """Where ``%restart`` is handled: options, then the restart (restart.InPlaceRestarter), then the rest."""
+        """Where ``%restart`` is handled: a notice held for the next cell, options, the restart, then the rest."""
         # A count of its own, not 0: JupyterLab leaves a cell whose reply
         # counts 0 showing [*] as if it still ran. The next cell is [1].
         count = self.execution_count
+        notice = self._take_notices()
+        if notice is not None:
+            self._tell(notice, parent, "stderr")
         if cell.action == "help":
             self._tell(RESTART_HELP, parent)
             return self._ok(count)

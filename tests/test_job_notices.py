@@ -2,7 +2,8 @@
 
 ``JobNotices.due`` is asked with the time left; each offset of
 ``warn_before`` gives one notice as the time left passes it, in order, and
-no more, unless the time limit is extended past it. Durations read as a
+no more, unless the time limit is extended past it. A notice is worded when
+it is shown, with the time left then, never rounded up. Durations read as a
 user reads them.
 """
 
@@ -20,56 +21,39 @@ from traitlets.config import Config
 
 from inplace_restarter.job import Job, JobNotices, format_duration, parse_slurm_time, where
 
-JOB = Job("1234", "node2", end=None, time_limit="12:00:00")
+NOW = 1_800_000_000.0
 
 
-def notices_for(policy: JobNotices, times_left: list[float | None]) -> list[str | None]:
-    return [policy.due(left, JOB) for left in times_left]
+def job_ending_in(seconds: float) -> Job:
+    return Job("1234", "node2", end=datetime.fromtimestamp(NOW + seconds).astimezone(), time_limit="12:00:00")
+
+
+def notice(left: str) -> str:
+    return f"This job ends in {left} (Slurm time limit 12:00:00, job 1234): save your work"
 
 
 def test_by_default_the_notebook_is_warned_ten_and_two_minutes_ahead():
     policy = JobNotices()
     assert (policy.enabled, policy.warn_before) == (True, [600.0, 120.0])
-    assert notices_for(policy, [3600, 601, 599.6, 300, 121, 119.8, 60, 1, 0, -5]) == [
-        None,
-        None,
-        "This job ends in 10 min (Slurm time limit 12:00:00, job 1234): save your work",
-        None,
-        None,
-        "This job ends in 2 min (Slurm time limit 12:00:00, job 1234): save your work",
-        None,
-        None,
-        None,
-        None,
-    ]
+    due = [policy.due(left) for left in [3600, 601, 599.6, 300, 121, 119.8, 60, 1, 0, -5]]
+    assert due == [False, False, True, False, False, True, False, False, False, False]
 
 
 def test_offsets_passed_together_give_one_notice_and_an_ended_job_none():
     policy = JobNotices(warn_before=[600, 300, 120])
-    assert notices_for(policy, [200, 100, 50]) == [
-        "This job ends in 3 min (Slurm time limit 12:00:00, job 1234): save your work",
-        "This job ends in 2 min (Slurm time limit 12:00:00, job 1234): save your work",
-        None,
-    ]
-    assert notices_for(JobNotices(), [0, -1]) == [None, None], "a job past its end is not warned about"
+    assert [policy.due(left) for left in [200, 100, 50]] == [True, True, False]
+    assert [JobNotices().due(left) for left in [0, -1]] == [False, False], "a job past its end is not warned about"
 
 
 def test_an_extended_time_limit_makes_its_notices_due_again():
     policy = JobNotices(warn_before=[60])
-    assert notices_for(policy, [59, 30]) == [
-        "This job ends in 59 s (Slurm time limit 12:00:00, job 1234): save your work",
-        None,
-    ]
-    assert notices_for(policy, [3600, 60, 10]) == [
-        None,
-        "This job ends in 1 min (Slurm time limit 12:00:00, job 1234): save your work",
-        None,
-    ]
+    assert [policy.due(left) for left in [59, 30]] == [True, False]
+    assert [policy.due(left) for left in [3600, 60, 10]] == [False, True, False]
 
 
 def test_no_notice_when_turned_off_unknown_or_without_limit():
-    assert notices_for(JobNotices(enabled=False), [599, 119]) == [None, None]
-    assert notices_for(JobNotices(), [None, math.inf]) == [None, None]
+    assert [JobNotices(enabled=False).due(left) for left in [599, 119]] == [False, False]
+    assert [JobNotices().due(left) for left in [None, math.inf]] == [False, False]
     assert JobNotices(enabled=False).next_due(700) is None
 
 
@@ -78,27 +62,65 @@ def test_the_offsets_come_from_configuration():
     policy = JobNotices(config=config)
     assert policy.warn_before == [30.0, 5.0]
     assert policy.next_due(100) == 70
-    assert policy.due(29.6, JOB).startswith("This job ends in 30 s")
+    assert policy.due(29.6)
     assert policy.next_due(29.6) == pytest.approx(24.6)
-    assert policy.due(4.9, JOB).startswith("This job ends in 5 s")
+    assert policy.due(4.9)
     assert policy.next_due(4.9) is None
+
+
+def test_a_notice_says_the_time_left_when_it_is_worded_never_more():
+    job = job_ending_in(100)
+    policy = JobNotices()
+    assert policy.word(job, NOW) == notice("1 min 40 s")
+    assert policy.word(job, NOW + 0.4) == notice("1 min 39 s"), "99.6 s left is not 1 min 40 s"
+    assert policy.word(job, NOW + 41) == notice("59 s")
+    assert policy.word(job, NOW + 99.5) is None, "nothing to save for at the end"
+    assert policy.word(Job("1234", "node2", time_limit="UNLIMITED"), NOW) is None
+
+
+def test_a_held_notice_is_worded_when_taken_once_and_dropped_past_the_end(caplog):
+    job, policy = job_ending_in(100), JobNotices()
+    caplog.set_level(logging.INFO)
+    assert policy.take(job, NOW) is None, "nothing held"
+    policy.hold(NOW)
+    assert policy.take(job, NOW + 20) == notice("1 min 20 s"), "with the time left when the cell runs"
+    assert policy.take(job, NOW + 21) is None, "once"
+    due_at, shown_at = (time.strftime("%H:%M:%S", time.localtime(t)) for t in (NOW, NOW + 20))
+    assert f"Time-limit notice due at {due_at} shown at {shown_at}: {notice('1 min 20 s')}" in caplog.messages
+
+    policy.hold(NOW + 10)
+    policy.hold(NOW + 40)
+    assert policy.take(job, NOW + 50) == notice("50 s"), "a later notice supersedes, and one is shown"
+    assert policy.take(job, NOW + 51) is None
+
+    policy.hold(NOW + 90)
+    assert policy.take(job, NOW + 101) is None, "the job's end passed: dropped"
+    assert "dropped" in caplog.messages[-1]
 
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [
         (0, "0 s"),
-        (44.6, "45 s"),
-        (59.6, "1 min"),
-        (599.6, "10 min"),
+        (-3, "0 s"),
+        (44.6, "44 s"),
+        (59, "59 s"),
+        (59.9, "59 s"),
+        (60, "1 min"),
+        (100, "1 min 40 s"),
+        (119.8, "1 min 59 s"),
+        (599.6, "9 min 59 s"),
+        (600, "10 min"),
         (2460, "41 min"),
-        (3599, "1 h"),
+        (2519, "41 min"),
+        (3599, "59 min"),
+        (3600, "1 h"),
         (5400, "1 h 30 min"),
         (86400, "1 day"),
-        (3 * 86400 + 7200 + 59, "3 days 2 h"),
+        (3 * 86400 + 7200 + 3599, "3 days 2 h"),
     ],
 )
-def test_durations_read_as_a_user_reads_them(seconds, text):
+def test_durations_read_as_a_user_reads_them_never_rounded_up(seconds, text):
     assert format_duration(seconds) == text
 
 

@@ -9,6 +9,7 @@ nothing but what the proxy knows of the job.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from inplace_restarter.job import Job
 
 from .helpers import (
     ended,
@@ -34,9 +37,9 @@ from .test_slurm import SRUN_SPEC, WHERE, installed, where
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
 
-def notice_of(job: str, limit: str, left: str = r"\d+ (s|min)") -> str:
+def notice_of(job: str, limit: str, left: str = r"(\d+ min )?\d+ s|\d+ min") -> str:
     """A pattern for the notice of ``job`` with time limit ``limit`` (as Slurm prints it)."""
-    return rf"This job ends in {left} \(Slurm time limit {re.escape(limit)}, job {job}\): save your work\n"
+    return rf"This job ends in (?:{left}) \(Slurm time limit {re.escape(limit)}, job {job}\): save your work\n"
 
 
 @contextmanager
@@ -58,8 +61,37 @@ def proxied_in_job(kernels_dir: Path, cluster, srun: tuple[str, ...] = (), proxy
         yield pair
 
 
-def logged_notices(log: Path) -> int:
-    return log.read_text().count("This job ends in")
+def logged(log: Path, what: str) -> int:
+    """How many notices the proxy's log says were ``"held for the next cell"`` or ``"shown at"``."""
+    return sum(what in line for line in log.read_text().splitlines() if line.count("Time-limit notice"))
+
+
+def seconds_said(notice: str) -> int:
+    """The time left a notice states, in seconds."""
+    said = re.match(r"This job ends in (?:(\d+) min)? ?(?:(\d+) s)? \(", notice)
+    assert said, notice
+    return int(said[1] or 0) * 60 + int(said[2] or 0)
+
+
+def job_end(job_id: str) -> float:
+    """When Slurm says the job ends (POSIX seconds)."""
+    job = Job(job_id, "")
+    assert asyncio.run(job.read()) and job.end is not None
+    return job.end.timestamp()
+
+
+def run_with_notice(kc, code: str, job: str, end: float, **options) -> tuple[dict, list[dict]]:
+    """Run ``code`` in a two-minute job ending at ``end``; its stderr is one notice, with the time left as it ran.
+
+    Never more than was left when it was sent, nor a second less than when it ended.
+    """
+    before = time.time()
+    reply, outputs = execute(kc, code, **options)
+    after = time.time()
+    notice = stderr_of(outputs)
+    assert re.fullmatch(notice_of(job, "2:00"), notice), outputs
+    assert end - after - 1 <= seconds_said(notice) <= end - before, (notice, end - before)
+    return reply, outputs
 
 
 #: A cell that says it runs, then waits for ``release`` to exist.
@@ -82,22 +114,66 @@ def test_each_notice_comes_once_in_the_running_cell_or_else_at_the_top_of_the_ne
         said += iopub_until_idle(kc, msg_id)
         streams = [m["content"] for m in said if m["msg_type"] == "stream"]
         assert streams[0] == {"name": "stdout", "text": "waiting\n"}, "told while the cell runs"
-        assert re.fullmatch(notice_of(job, "2:00", "2 min"), stderr_of(said)), said
+        assert re.fullmatch(notice_of(job, "2:00", r"1 min [23]\d s"), stderr_of(said)), said
         assert kc.get_shell_msg(timeout=30)["content"]["status"] == "ok"
 
-        wait_until(lambda: logged_notices(log) == 2, "the second notice, while no cell runs", timeout=60)
+        wait_until(
+            lambda: logged(log, "held for the next cell") == 1, "the second notice, while no cell runs", timeout=60
+        )
         reply, outputs = execute(kc, "print('next')")
         assert re.fullmatch(notice_of(job, "2:00"), stderr_of(outputs)), outputs
         assert stdout_of(outputs) == "next\n" and reply["content"]["status"] == "ok"
         _, outputs = execute(kc, "print('again')")
         assert stderr_of(outputs) == "", "each notice once"
-    assert logged_notices(log) == 2
+    assert logged(log, "shown at") == 2
 
 
-def info_once_the_end_is_known(kc) -> str:
-    """What ``%restart --info`` says once the proxy has read the job's end from Slurm."""
+@contextmanager
+def notices_held(kernels_dir: Path, cluster, log: Path, *warn_before: int):
+    """A two-minute job warned ``warn_before`` seconds ahead, once each has fallen due while no cell ran.
+
+    Yields the client, the job's id and its end (POSIX seconds).
+    """
+    proxy = (f"--JobNotices.warn_before={list(warn_before)}", "--log-level=INFO")
+    with proxied_in_job(kernels_dir, cluster, ("--time=2",), proxy, log) as (_, kc):
+        job = where(kc)[0]
+        end = job_end(job)
+        held = len(warn_before)
+        wait_until(lambda: logged(log, "held for the next cell") == held, "the notices, while no cell runs", timeout=90)
+        yield kc, job, end
+
+
+@pytest.mark.timeout(240)
+def test_notices_due_while_idle_show_once_with_the_time_left_when_the_next_cell_runs(kernels_dir, slurm, tmp_path):
+    """A two-minute job warned 100 and 90 s ahead; the next cell runs 20 s after both fell due."""
+    log = tmp_path / "kernel.log"
+    with notices_held(kernels_dir, slurm, log, 100, 90) as (kc, job, end):
+        wait_until(lambda: end - time.time() <= 70, "20 s after the second notice fell due", timeout=60)
+        reply, outputs = run_with_notice(kc, "print('next')", job, end)
+        assert stdout_of(outputs) == "next\n" and reply["content"]["status"] == "ok"
+        assert stderr_of(execute(kc, "print('again')")[1]) == ""
+    assert logged(log, "shown at") == 1
+
+
+@pytest.mark.timeout(240)
+def test_a_notice_held_over_restart_is_shown_once_by_the_restart_cell_with_the_time_then(kernels_dir, slurm, tmp_path):
+    log = tmp_path / "kernel.log"
+    with notices_held(kernels_dir, slurm, log, 100) as (kc, job, end):
+        reply, outputs = run_with_notice(kc, "%restart", job, end, timeout=120)
+        assert reply["content"]["status"] == "ok"
+        notice, restarted = stderr_of(outputs), stdout_of(outputs)
+        left = re.fullmatch(
+            rf"Restarted the kernel in place in [\d.]+ s \(Slurm job {job} on \S+, (.+) left\)\n", restarted
+        )
+        assert left and seconds_said(f"This job ends in {left[1]} (") <= seconds_said(notice), "the same clock"
+        assert stderr_of(execute(kc, "print('after')")[1]) == "", "shown once"
+    assert logged(log, "shown at") == 1
+
+
+def info_once_the_end_is_known(kc) -> list[dict]:
+    """The output of ``%restart --info`` once the proxy has read the job's end from Slurm."""
     return wait_until(
-        lambda: "min left" in (out := stdout_of(execute(kc, "%restart --info")[1])) and out,
+        lambda: " left" in stdout_of(outputs := execute(kc, "%restart --info")[1]) and outputs,
         "the job's end to be read",
         interval=0.2,
     )
@@ -106,21 +182,22 @@ def info_once_the_end_is_known(kc) -> str:
 def test_restart_and_its_info_name_the_job_the_node_and_the_time_left(kernels_dir, slurm):
     """A ten-minute job warned 600 s ahead: the notice is due as soon as the job's end is known."""
     with proxied_in_job(kernels_dir, slurm, ("--time=10",), ("--JobNotices.warn_before=[600]",)) as (km, kc):
-        first, *rest = info_once_the_end_is_known(kc).splitlines()
-        reply, outputs = execute(kc, WHERE)
-        job, pid, _ = stdout_of(outputs).split()
-        assert re.fullmatch(notice_of(job, "10:00", "(9|10) min"), stderr_of(outputs)), "at the next cell"
-        here = rf"Slurm job {job} on {re.escape(slurm.host)}, (9|10) min left"
+        info = info_once_the_end_is_known(kc)
+        first, *rest = stdout_of(info).splitlines()
+        job, pid, _ = where(kc)
+        # The watcher holds the notice as it reads the end, so the cell that first sees the end shows it.
+        assert re.fullmatch(notice_of(job, "10:00", r"9 min \d+ s"), stderr_of(info)), "in that cell"
+        here = rf"Slurm job {job} on {re.escape(slurm.host)}, 9 min \d+ s left"
         assert re.fullmatch(rf"The kernel runs in {here} \(time limit 10:00, until [-\d]+ [:\d]+\)", first), first
         assert all(line.startswith("Memory: ") for line in rest), rest
-        assert where(kc)[:2] == (job, int(pid)), "--info restarts nothing"
+        assert where(kc)[:2] == (job, pid), "--info restarts nothing"
         assert stderr_of(execute(kc, "print('again')")[1]) == "", "told once"
 
         reply, outputs = execute(kc, "%restart", timeout=120)
         assert reply["content"]["status"] == "ok"
         assert re.fullmatch(rf"Restarted the kernel in place in [\d.]+ s \({here}\)\n", stdout_of(outputs))
         new_job, new_pid, _ = where(kc)
-        assert (new_job, new_pid != int(pid)) == (job, True)
+        assert (new_job, new_pid != pid) == (job, True)
 
 
 def test_the_notices_can_be_turned_off(kernels_dir, slurm):
@@ -129,8 +206,8 @@ def test_the_notices_can_be_turned_off(kernels_dir, slurm):
         # Once --info knows the time left, a notice would be waiting for the next cell.
         info = info_once_the_end_is_known(kc)
         _, outputs = execute(kc, WHERE)
-        assert stderr_of(outputs) == ""
-        assert f"Slurm job {stdout_of(outputs).split()[0]} " in info
+        assert stderr_of(info) == stderr_of(outputs) == ""
+        assert f"Slurm job {stdout_of(outputs).split()[0]} " in stdout_of(info)
 
 
 @pytest.fixture
