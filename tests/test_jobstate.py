@@ -164,3 +164,19 @@ def test_in_a_job_the_state_names_it_and_its_time_limit_notice_reaches_the_comm(
         notice, _ = next_on(kc, comm_id, lambda d: d["kind"] == "notice", timeout=120)
         assert (notice["reason"], notice["level"]) == ("time-limit", "warning")
         assert re.fullmatch(notice_of(job, "2:00"), notice["text"] + "\n"), notice
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(360)
+def test_a_kernel_over_its_jobs_memory_limit_gives_an_oom_notice_and_the_limit_in_its_states(kernels_dir, slurm_memory):
+    """Slurm enforces ``--mem=300M`` with the job's memory cgroup; a cell allocates 600 MB."""
+    with proxied_in_job(kernels_dir, slurm_memory, ("--mem=300M",)) as (_, kc):
+        comm_id, opened = open_comm(kc)
+        [state] = comm_data(opened, comm_id)
+        assert state["memory"]["limit"] == 300 * MB and 0 < state["memory"]["used"] < 300 * MB, state
+        kc.execute("held = b'\\x01' * (600 * 2**20)")
+        notice, _ = next_on(kc, comm_id, lambda d: d["kind"] == "notice", timeout=120)
+        assert (notice["reason"], notice["level"]) == ("oom", "error")
+        assert notice["text"].startswith("The kernel was killed by the out-of-memory killer: it used"), notice
+        state, _ = next_on(kc, comm_id, is_state, timeout=120)
+        assert state["restarts"] == 1 and state["memory"]["peak"] > 250 * MB, "the job's peak: the killed kernel's"
