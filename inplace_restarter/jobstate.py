@@ -59,7 +59,7 @@ class JobState(LoggingConfigurable):
         5.0,
         config=True,
         help="Seconds between two looks at the kernel's memory (and the job's end) while a status bar listens; "
-        "a new state goes out only when the memory in use moved by 1 MiB or more, or its peak or limit changed.",
+        "a new state goes out only when the memory in use or its peak moved by 1 MiB or more, or its limit changed.",
     )
     time_interval = Float(
         60.0,
@@ -72,8 +72,8 @@ class JobState(LoggingConfigurable):
         super().__init__(**kwargs)
         self.job = kernel.job
         self._info: Callable[[], str] = kernel._info
-        #: in-place restarts so far: the kernels that served, but the first
-        self.restarts = -1
+        #: the inner kernels that served so far: the first, then one per restart in place
+        self._served_kernels = 0
         #: the memory cgroup of the kernel serving now, kept through a restart
         self._cgroup: MemoryCgroup | None = None
         #: what the last state sent to every comm said of what changes by itself
@@ -113,9 +113,14 @@ class JobState(LoggingConfigurable):
             "host": job.node if job is not None else socket.gethostname(),
             "job": self._job(),
             "memory": self._memory(),
-            "restarts": max(self.restarts, 0),
+            "restarts": self.restarts,
             "info": self._info(),
         }
+
+    @property
+    def restarts(self) -> int:
+        """Restarts in place so far, whatever asked for them."""
+        return max(self._served_kernels - 1, 0)
 
     def _job(self) -> dict | None:
         job = self.job
@@ -197,13 +202,18 @@ class JobState(LoggingConfigurable):
 
     def _served(self, inner: InnerKernel) -> None:
         """A new inner kernel serves (the first, or after a restart in place): count it, read its memory from now on."""
-        self.restarts += 1
+        self._served_kernels += 1
         self._cgroup = inner.witness.cgroup if inner.witness is not None else None
         if self.restarts:
             self._broadcast(self.state)
 
     def _start(self) -> None:
-        """Look for changes while a comm is open, in a context of their own: their states have no parent."""
+        """Look for changes while a comm is open.
+
+        In a context of their own, not the comm_open's: what they send takes
+        the parent ipykernel gives what a kernel sends outside any request,
+        the last request it handled itself.
+        """
         self._sent = None
         loop = asyncio.get_running_loop()
         every = [(self.memory_interval, self._check)]
