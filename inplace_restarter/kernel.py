@@ -288,9 +288,10 @@ class ProxyKernel(WrapperKernelBase):
     async def shell_main(self, subshell_id: str | None, msg: list) -> None:
         """Decide once what a shell message needs, in the order a kernel keeps.
 
-        The proxy's own (kernel_info, interrupt, shutdown, what it cannot
-        read) take ipykernel's dispatch, in turn; an interrupt at once, as
-        some clients send it on shell while a cell runs.  A subshell's
+        The proxy's own (kernel_info, interrupt, shutdown, its comm target's
+        messages, what it cannot read) take ipykernel's dispatch, in turn; an
+        interrupt or a comm message at once while another request runs, as
+        ipykernel takes them.  A subshell's
         requests are relayed as they come (the inner kernel orders them),
         and so are comm messages while a cell runs, as a kernel takes them
         then; every other request is relayed in its turn (:meth:`_relay`).
