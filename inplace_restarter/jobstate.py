@@ -46,8 +46,9 @@ if t.TYPE_CHECKING:
 
 TARGET = "inplace_restarter.job"
 COMM_MSG_TYPES = ("comm_open", "comm_msg", "comm_close")
-#: the least change of the memory in use (or its peak) worth a new state
-MEMORY_STEP = 2**20
+#: the least change of the memory in use (or its peak) worth a new state: 1 MiB, or 1% of the limit (else of the
+#: use), the least a status bar shows (``1.2 / 8 GB``); the cgroup of a kernel outside a job holds other processes too
+MEMORY_STEP, MEMORY_SHARE = 2**20, 0.01
 #: each notice's level
 LEVELS = {"time-limit": "warning", "oom": "error", "died": "error"}
 
@@ -59,7 +60,7 @@ class JobState(LoggingConfigurable):
         5.0,
         config=True,
         help="Seconds between two looks at the kernel's memory (and the job's end) while a status bar listens; "
-        "a new state goes out only when the memory in use or its peak moved by 1 MiB or more, or its limit changed.",
+        "a new state goes out only when the memory in use or its peak moved by 1% of the limit (of the use without one; 1 MiB at least), or its limit changed.",
     )
     time_interval = Float(
         60.0,
@@ -256,13 +257,13 @@ class JobState(LoggingConfigurable):
 
 
 def _moved(before: dict | None, now: dict | None) -> bool:
-    """Whether the memory changed enough to be shown: its limit at all, its use or peak by MEMORY_STEP."""
+    """Whether the memory changed enough to be shown: its limit at all, its use or peak by a step (MEMORY_STEP)."""
     if before is None or now is None:
         return before != now
     if before["limit"] != now["limit"]:
         return True
+    step = max(MEMORY_STEP, MEMORY_SHARE * (now["limit"] or now["used"] or 0))
     return any(
-        (before[key] is None) != (now[key] is None)
-        or (now[key] is not None and abs(now[key] - before[key]) >= MEMORY_STEP)
+        (before[key] is None) != (now[key] is None) or (now[key] is not None and abs(now[key] - before[key]) >= step)
         for key in ("used", "peak")
     )

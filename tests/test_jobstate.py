@@ -20,8 +20,8 @@ from .test_kernel_in_job import notice_of, proxied_in_job
 
 pytestmark = pytest.mark.timeout(120)
 
-#: a cell that makes the kernel hold 50 MB more, written (a calloc'd bytearray would take no memory yet)
-ALLOCATE = "held = [] if 'held' not in globals() else held\nheld.append(b'\\x01' * (50 * 2**20))"
+#: a cell that makes the kernel hold 100 MB more, written (a calloc'd bytearray would take no memory yet)
+ALLOCATE = "held = [] if 'held' not in globals() else held\nheld.append(b'\\x01' * (100 * 2**20))"
 MB = 2**20
 
 
@@ -68,8 +68,8 @@ def is_state(data: dict) -> bool:
 
 
 def grown_from(state: dict) -> Callable[[dict], bool]:
-    """Whether a message is a state whose memory in use grew by 40 MB (of an allocation of 50) since ``state``."""
-    return lambda data: is_state(data) and data["memory"]["used"] >= state["memory"]["used"] + 40 * MB
+    """Whether a message is a state whose memory in use grew by 80 MB (of an allocation of 100) since ``state``."""
+    return lambda data: is_state(data) and data["memory"]["used"] >= state["memory"]["used"] + 80 * MB
 
 
 def test_opening_the_comm_gives_one_state_with_the_busy_and_idle_of_a_comm_request(proxy):
