@@ -123,10 +123,14 @@ export class JobChannel implements IDisposable {
     this._open();
   }
 
-  /** On a restart, Lab disposes the kernel's comms: open the comm again once it is back. */
+  /**
+   * Lab disposes a kernel's comms on a restart, just after saying it restarts;
+   * the proxy's comms outlive it. Close ours while it can be closed, and open
+   * a new one once the kernel is back.
+   */
   private _onStatusChanged(_: ISessionContext, status: Kernel.Status): void {
     if (status === 'restarting' || status === 'autorestarting') {
-      this._forget(null);
+      this._forget(this.sessionContext.session?.kernel ?? null);
     } else {
       this._open();
     }
