@@ -1,5 +1,9 @@
 import { Dialog, showDialog } from '@jupyterlab/apputils';
-import { ITranslator, nullTranslator } from '@jupyterlab/translation';
+import {
+  ITranslator,
+  nullTranslator,
+  TranslationBundle
+} from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 import { ISignal, Signal } from '@lumino/signaling';
 
@@ -75,20 +79,23 @@ export class JobItem extends Widget {
     channel.requestState();
     await showDialog({
       title: this._trans.__('Where the kernel runs'),
-      body: new JobDetails(channel),
+      body: new JobDetails(channel, this._trans),
       buttons: [Dialog.okButton({ label: this._trans.__('Close') })]
     });
   }
 
   private _channel: JobChannel | null = null;
   private _tick = 0;
-  private _trans: ReturnType<ITranslator['load']>;
+  private _trans: TranslationBundle;
   private _activeStateChanged = new Signal<this, void>(this);
 }
 
-/** The state's `info` text (time limit, end, memory, restarts), kept up to date while shown. */
+/** The state's `info` text (time limit, end, memory) and the restarts so far, kept up to date while shown. */
 class JobDetails extends Widget {
-  constructor(private readonly _channel: JobChannel) {
+  constructor(
+    private readonly _channel: JobChannel,
+    private readonly _trans: TranslationBundle
+  ) {
     super({ node: document.createElement('pre') });
     this.addClass('jp-InplaceRestarter-details');
     _channel.stateChanged.connect(this._render, this);
@@ -101,6 +108,18 @@ class JobDetails extends Widget {
   }
 
   private _render(): void {
-    this.node.textContent = this._channel.state?.info ?? '';
+    const state = this._channel.state;
+    if (!state) {
+      this.node.textContent = '';
+      return;
+    }
+    const restarts = state.restarts
+      ? this._trans._n(
+          'Restarted in place once so far',
+          'Restarted in place %1 times so far',
+          state.restarts
+        )
+      : this._trans.__('Not restarted so far');
+    this.node.textContent = `${state.info.trimEnd()}\n${restarts}`;
   }
 }
