@@ -37,6 +37,7 @@ from . import kernelspec, reach
 from .inner import InnerKernel, inner_kernel_spec
 from .iopub import IOPubRelay
 from .job import Job, JobNotices
+from .jobstate import JobState
 from .kernel import ProxyKernel
 from .provisioner import RESTART_FLAG
 from .rescue import RescuePolicy
@@ -53,7 +54,7 @@ inplace_restarter_config.py in the Jupyter config folders.
 
 To put the proxy in front of your kernelspecs, use the commands instead:
 python -m inplace_restarter list|install|remove|wizard --help"""
-    classes = [ProxyKernel, RescuePolicy, InnerKernel, Job, JobNotices, Session]
+    classes = [ProxyKernel, RescuePolicy, InnerKernel, Job, JobNotices, JobState, Session]
 
     aliases = {
         **Application.aliases,

@@ -8,8 +8,9 @@ found from /proc/PID/cgroup, which exists only while the process lives, so
 a Witness records it (and the kill counter) when the kernel starts.
 
 Both cgroup versions: v1 (``memory.limit_in_bytes``,
-``memory.max_usage_in_bytes``, ``memory.oom_control``) and v2
-(``memory.max``, ``memory.peak``, ``memory.events``).
+``memory.max_usage_in_bytes``, ``memory.usage_in_bytes``,
+``memory.oom_control``) and v2 (``memory.max``, ``memory.peak``,
+``memory.current``, ``memory.events``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .job import Job
 UNLIMITED = 2**62
 #: seconds of slack for "the end time has passed": Slurm's times have whole seconds
 TIME_LIMIT_SLACK = 1.0
+#: how the sentence of a kernel the out-of-memory killer took begins
+OUT_OF_MEMORY = "The kernel was killed by the out-of-memory killer"
 
 
 def format_bytes(size: int) -> str:
@@ -49,6 +52,8 @@ class MemoryUse:
     oom_kills: int | None
     #: the cgroup that sets ``limit``, as /proc/PID/cgroup names it
     limited_by: str | None = None
+    #: bytes; the use now of the cgroup that ``peak`` is of, against ``limit``; None if unknown
+    current: int | None = None
 
 
 def _memory_cgroup(proc_cgroup: str, mountinfo: str) -> tuple[int, Path, str] | None:
@@ -127,23 +132,24 @@ class MemoryCgroup:
     def snapshot(self) -> MemoryUse | None:
         """The cgroup now; None once it is gone."""
         files = (
-            ("memory.limit_in_bytes", "memory.max_usage_in_bytes", "memory.oom_control")
+            ("memory.limit_in_bytes", "memory.max_usage_in_bytes", "memory.usage_in_bytes", "memory.oom_control")
             if self.version == 1
-            else ("memory.max", "memory.peak", "memory.events")
+            else ("memory.max", "memory.peak", "memory.current", "memory.events")
         )
-        limit_file, peak_file, events_file = files
+        limit_file, peak_file, current_file, events_file = files
         events = _read(self.folder / events_file)
         if events is None:
             return None
-        limit, peak, limited_by = None, _bytes(_read(self.folder / peak_file)), None
+        limit, limiting, limited_by = None, self.folder, None
         # An ancestor's limit (a Slurm job's, above its step's and task's cgroups) holds too: the smallest wins.
         folder, name = self.folder, Path(self.name)
         while (folder / limit_file).exists():
             found = _bytes(_read(folder / limit_file))
             if found is not None and found < UNLIMITED and (limit is None or found < limit):
-                limit, peak, limited_by = found, _bytes(_read(folder / peak_file)), str(name)
+                limit, limiting, limited_by = found, folder, str(name)
             folder, name = folder.parent, name.parent
-        return MemoryUse(limit, peak, _counter(events, "oom_kill"), limited_by)
+        peak, current = (_bytes(_read(limiting / part)) for part in (peak_file, current_file))
+        return MemoryUse(limit, peak, _counter(events, "oom_kill"), limited_by, current)
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -189,7 +195,7 @@ def describe_death(
 
 
 def _killed_for_memory(use: MemoryUse, job: Job | None) -> str:
-    text = "The kernel was killed by the out-of-memory killer"
+    text = OUT_OF_MEMORY
     if use.limit is None:
         used = f" (it used {format_bytes(use.peak)})" if use.peak is not None else ""
         return f"{text}: the machine ran out of memory{used}"

@@ -5,7 +5,8 @@ any kernel does for the client: the order of requests, aborting after a
 failed cell, replies, the control thread.  :meth:`ProxyKernel.shell_main`
 reads each shell message once and decides once:
 
-- the proxy's own (kernel_info, interrupt, shutdown, what it cannot read),
+- the proxy's own (kernel_info, interrupt, shutdown, the comms of its
+  ``inplace_restarter.job`` target (jobstate), what it cannot read),
   ``%restart`` cells (:meth:`ProxyKernel._restart_cell`, which calls
   restart.InPlaceRestarter) and cells a failed cell aborts take ipykernel's
   dispatch, with the proxy's busy and idle;
@@ -39,6 +40,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 from .frames import read, send_frames, spend
 from .inner import InnerKernel, InnerKernels
 from .job import Job, JobNotices, watch_end, where
+from .jobstate import COMM_MSG_TYPES, JobState
 from .kernelbase import WrapperKernelBase
 from .prelaunch import Prelaunched
 from .provisioner import REPLY_KEY
@@ -70,7 +72,6 @@ RESTART_OPTIONS = {"--help": "help", "-h": "help", "--info": "info", "--cold": "
 
 #: kernel_info supported_features that work through the proxy.
 FORWARDED_FEATURES = ("debugger", SUBSHELLS)
-COMM_MSG_TYPES = ("comm_open", "comm_msg", "comm_close")
 #: shell messages the inner kernel answers, relayed with its own busy and idle
 RELAYED = frozenset(
     {
@@ -174,6 +175,7 @@ class ProxyKernel(WrapperKernelBase):
         self.restarter = InPlaceRestarter(self.kernels, self.subshells, self._publish, self.log, self.job)
         self.restarter.add_callback(self._serve)
         self.rescuer = Rescuer(RescuePolicy(parent=self), self.restarter, self.log)
+        self.jobstate = JobState(self, parent=self, log=self.log)
         #: the serving inner kernel's kernel_info, kept through a restart (the same argv gives the same info)
         self._inner_info: dict = {}
         #: the inner kernel's metadata of the reply to the code after %restart, for finish_metadata
@@ -220,6 +222,7 @@ class ProxyKernel(WrapperKernelBase):
         # INFO: the notebook shows it; a client that shows stderr must not show it twice.
         self.log.info("%s", notice)
         self.rescuer.tell(notice)
+        self.jobstate.notice("time-limit", notice)
 
     def _serve(self, inner: InnerKernel) -> None:
         """A new inner kernel serves the client (see InPlaceRestarter.use): its info, session id and counts.
@@ -264,6 +267,7 @@ class ProxyKernel(WrapperKernelBase):
         return {"status": "ok", "restart": restart}
 
     async def _shutdown(self) -> None:
+        self.jobstate.stop()
         if self._job_watch is not None:
             # Cancelled, a reading kills the Slurm command it waits on.
             self._job_watch.cancel()
@@ -284,9 +288,10 @@ class ProxyKernel(WrapperKernelBase):
     async def shell_main(self, subshell_id: str | None, msg: list) -> None:
         """Decide once what a shell message needs, in the order a kernel keeps.
 
-        The proxy's own (kernel_info, interrupt, shutdown, what it cannot
-        read) take ipykernel's dispatch, in turn; an interrupt at once, as
-        some clients send it on shell while a cell runs.  A subshell's
+        The proxy's own (kernel_info, interrupt, shutdown, its comm target's
+        messages, what it cannot read) take ipykernel's dispatch, in turn; an
+        interrupt or a comm message at once while another request runs, as
+        ipykernel takes them.  A subshell's
         requests are relayed as they come (the inner kernel orders them),
         and so are comm messages while a cell runs, as a kernel takes them
         then; every other request is relayed in its turn (:meth:`_relay`).
@@ -299,8 +304,8 @@ class ProxyKernel(WrapperKernelBase):
         msg_type = header["msg_type"]
         if header.get("subshell_id") is not None:
             await self._relay(msg, *routed)
-        elif msg_type not in RELAYED:
-            if msg_type == "interrupt_request" and self.main_shell.locked():
+        elif msg_type not in RELAYED or self.jobstate.owns(request, self.session):
+            if msg_type in ("interrupt_request", *COMM_MSG_TYPES) and self.main_shell.locked():
                 await self.dispatch(msg, concurrent=True)
                 return
             async with self.main_shell:

@@ -13,6 +13,7 @@ import logging
 import time
 import typing as t
 from collections import deque
+from collections.abc import Callable
 
 from traitlets import Bool, Float, Integer
 from traitlets.config import LoggingConfigurable
@@ -74,7 +75,12 @@ class Rescuer:
         self._rescue: tuple[InnerKernel, asyncio.Task] | None = None
         #: the kernel stopped on purpose as hung, and why, for the request it cut short
         self._stopped: tuple[InnerKernel, str] | None = None
+        self._death_callbacks: list[Callable[[str], None]] = []
         restarter.add_callback(self._watch_soon)
+
+    def add_death_callback(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` when the inner kernel dies by itself, before it is restarted."""
+        self._death_callbacks.append(callback)
 
     def tell(self, message: str) -> None:
         """Tell the notebook: on stderr in the running cell if one runs, else at the top of the next cell."""
@@ -115,6 +121,8 @@ class Rescuer:
             stopped = self._stopped
             return stopped[1] if stopped is not None and stopped[0] is inner else reason
         self.log.warning("%s; restarting it in place", reason)
+        for callback in self._death_callbacks:
+            callback(reason)
         if not self.policy.may_restart():
             self.kernels.drop()
             message = (

@@ -240,6 +240,7 @@ def test_cgroup_v2_files_are_read_with_an_ancestors_limit_and_the_job_named(tmp_
     task.mkdir(parents=True)
     (job / "memory.max").write_text(f"{8 * 2**30}\n")
     (job / "memory.peak").write_text(f"{int(7.9 * 2**30)}\n")
+    (job / "memory.current").write_text(f"{6 * 2**30}\n")
     for folder in (job / "step_0", job / "step_0" / "user", task):
         (folder / "memory.max").write_text("max\n")
         (folder / "memory.peak").write_text(f"{7 * 2**30}\n")
@@ -247,7 +248,9 @@ def test_cgroup_v2_files_are_read_with_an_ancestors_limit_and_the_job_named(tmp_
     events.write_text("low 0\nhigh 0\nmax 12\noom 0\noom_kill 0\noom_group_kill 0\n")
     cgroup = MemoryCgroup(task, 2, "/system.slice/slurmstepd.scope/job_1234/step_0/user/task_0")
     before = cgroup.snapshot()
-    assert before == MemoryUse(8 * 2**30, int(7.9 * 2**30), 0, "/system.slice/slurmstepd.scope/job_1234")
+    assert before == MemoryUse(
+        8 * 2**30, int(7.9 * 2**30), 0, "/system.slice/slurmstepd.scope/job_1234", current=6 * 2**30
+    ), "the use of the cgroup whose limit holds"
     events.write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n")
     slurm_job = Job("1234", "node2")
     assert describe_death(-signal.SIGKILL, before, cgroup.snapshot(), slurm_job) == (
