@@ -28,16 +28,37 @@ def built(tmp_path_factory) -> dict[str, Path]:
     return {"wheel": next(out.glob("*.whl")), "sdist": next(out.glob("*.tar.gz"))}
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("kind", ["wheel", "sdist"])
-def test_an_installed_build_installs_on_a_spec_from_anywhere(built, kind, tmp_path, kernels_dir):
-    python = venv_seeing_ours(tmp_path / "env", whole=False)
+def installed_in_new_venv(build: Path, folder: Path) -> str:
+    """A new virtual environment in ``folder`` with ``build`` installed and this test run's packages behind it.
+
+    ``--ignore-installed``: the test run's own copy (an editable install) is on the new
+    environment's path too, and pip would take it for this one.
+    """
+    python = venv_seeing_ours(folder, whole=False)
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", str(built[kind])],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            python,
+            "install",
+            "-q",
+            "--no-deps",
+            "--ignore-installed",
+            str(build),
+        ],
         check=True,
         capture_output=True,
         timeout=240,
     )
+    return python
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["wheel", "sdist"])
+def test_an_installed_build_installs_on_a_spec_from_anywhere(built, kind, tmp_path, kernels_dir):
+    python = installed_in_new_venv(built[kind], tmp_path / "env")
     folder = write_spec(kernels_dir, "plain", direct())
     for cwd in (tmp_path, REPO):
         done = subprocess.run(
@@ -59,3 +80,29 @@ def test_an_installed_build_installs_on_a_spec_from_anywhere(built, kind, tmp_pa
         timeout=60,
     ).stdout
     assert where.startswith(str(tmp_path / "env")), "outside the checkout, the installed copy runs"
+
+
+#: where pip puts the JupyterLab extension, below the environment's prefix
+LAB_EXTENSION = Path("share/jupyter/labextensions/inplace-restarter")
+
+
+def test_the_wheel_carries_the_built_jupyterlab_extension(built):
+    import zipfile
+
+    data = f"{built['wheel'].name.split('-py3')[0]}.data/data"
+    names = set(zipfile.ZipFile(built["wheel"]).namelist())
+    shipped = {name.removeprefix(f"{data}/") for name in names if name.startswith(f"{data}/{LAB_EXTENSION}/")}
+    committed = {str(path.relative_to(REPO)) for path in (REPO / LAB_EXTENSION).rglob("*") if path.is_file()}
+    assert shipped == committed | {f"{LAB_EXTENSION}/install.json"}
+    assert any(name.startswith(f"{LAB_EXTENSION}/static/remoteEntry.") for name in shipped)
+
+
+@pytest.mark.timeout(300)
+def test_jupyterlab_lists_the_extension_of_an_installed_wheel_as_enabled(built, tmp_path):
+    python = installed_in_new_venv(built["wheel"], tmp_path / "env")
+    assert (tmp_path / "env" / LAB_EXTENSION / "static").is_dir()
+    listed = subprocess.run(
+        [python, "-m", "jupyterlab.labextensions", "list"], capture_output=True, text=True, check=True, timeout=120
+    )
+    line = next((line for line in listed.stderr.splitlines() if "inplace-restarter" in line), "")
+    assert "enabled" in line and "OK" in line and "(python, inplace_restarter)" in line, listed.stderr

@@ -193,6 +193,23 @@ def restart_button_enabled(jupyter_dirs, tmp_path_factory, monkeypatch) -> None:
     monkeypatch.setenv("JUPYTER_CONFIG_PATH", str(folder))
 
 
+#: the built JupyterLab extension, which pip installs into share/jupyter/labextensions
+LAB_EXTENSION = Path(__file__).parents[2] / "share/jupyter/labextensions/inplace-restarter"
+
+
+@pytest.fixture
+def lab_extension(jupyter_dirs) -> None:
+    """The package's JupyterLab extension, as pip installs it; request it before the server.
+
+    An editable install (the tests') has no data files, so the built folder is
+    linked into the private JUPYTER_PATH's labextensions, where JupyterLab and
+    Notebook 7 look for extensions too.
+    """
+    folder = jupyter_dirs["JUPYTER_PATH"] / "labextensions"
+    folder.mkdir(exist_ok=True)
+    (folder / LAB_EXTENSION.name).symlink_to(LAB_EXTENSION, target_is_directory=True)
+
+
 @pytest.fixture
 def lab_server(proxied_kernel, tmp_path):
     with jupyter_server("jupyterlab", tmp_path) as server:
