@@ -10,13 +10,20 @@ const WARN_MEMORY_FRACTION = 0.9;
 
 const UNITS = ['B', 'KB', 'MB', 'GB', 'TB'];
 
-/** `45 s`, `41 min`, `1 h 30 min`, `2 days 3 h`. */
+/**
+ * `45 s`, `1 min 40 s`, `41 min`, `1 h 30 min`, `2 days 3 h`: the proxy's `format_duration`.
+ * Never rounded up, since the time left is read as a promise; under ten minutes the seconds are kept.
+ */
 export function formatDuration(seconds: number): string {
-  const whole = Math.max(0, Math.round(seconds));
-  if (whole < 60) {
-    return `${whole} s`;
+  const whole = Math.max(0, Math.floor(seconds));
+  const minutes = Math.floor(whole / 60);
+  const rest = whole % 60;
+  if (minutes === 0) {
+    return `${rest} s`;
   }
-  const minutes = Math.round(whole / 60);
+  if (minutes < 10) {
+    return rest ? `${minutes} min ${rest} s` : `${minutes} min`;
+  }
   if (minutes < 60) {
     return `${minutes} min`;
   }
@@ -27,6 +34,12 @@ export function formatDuration(seconds: number): string {
   const days = Math.floor(hours / 24);
   const daysText = days === 1 ? '1 day' : `${days} days`;
   return hours % 24 ? `${daysText} ${hours % 24} h` : daysText;
+}
+
+/** When the text of `seconds` left changes next (each second under ten minutes, else on the minute), just after. */
+export function msUntilChange(seconds: number): number {
+  const step = seconds < 600 ? 1 : 60;
+  return (seconds % step || step) * 1000 + 10;
 }
 
 /** Binary units, as Slurm's `--mem`: `64 MB`, `7.9 GB`, `8 GB`. */

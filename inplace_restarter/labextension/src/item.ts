@@ -8,10 +8,7 @@ import { Widget } from '@lumino/widgets';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { JobChannel } from './channel';
-import { isWarning, summary } from './format';
-
-/** The displayed time left changes by the minute; a quarter of that keeps it close. */
-const TICK_MS = 15_000;
+import { isWarning, msUntilChange, summary } from './format';
 
 /**
  * `job 1234 · node2 · 41 min left · 1.2 / 8 GB` for the kernel of `channel`,
@@ -67,7 +64,7 @@ export class JobItem extends Widget {
     this.toggleClass('jp-mod-warning', !!state && isWarning(state, left));
     window.clearTimeout(this._tick);
     if (left !== null && left > 0) {
-      this._tick = window.setTimeout(() => this._render(), TICK_MS);
+      this._tick = window.setTimeout(() => this._render(), msUntilChange(left));
     }
   }
 
