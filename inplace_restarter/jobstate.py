@@ -30,6 +30,7 @@ import math
 import socket
 import typing as t
 from collections.abc import Callable
+from pathlib import Path
 
 from ipykernel.comm import Comm, CommManager
 from traitlets import Float
@@ -75,8 +76,9 @@ class JobState(LoggingConfigurable):
         self._info: Callable[[], str] = kernel._info
         #: the inner kernels that served so far: the first, then one per restart in place
         self._served_kernels = 0
-        #: the memory cgroup of the kernel serving now, kept through a restart
+        #: the memory cgroup and the pid of the kernel serving now
         self._cgroup: MemoryCgroup | None = None
+        self._pid: int | None = None
         #: what the last state sent to every comm said of what changes by itself
         self._sent: tuple[dict | None, tuple] | None = None
         self._timers: list[asyncio.Task] = []
@@ -137,10 +139,16 @@ class JobState(LoggingConfigurable):
         }
 
     def _memory(self) -> dict | None:
+        """The memory cgroup's use against its limit; without a limit, the kernel process's own.
+
+        A cgroup without a limit is not the job's but a larger one (a login
+        session's, a whole machine's): its use would be other processes'.
+        """
         use = self._cgroup.snapshot() if self._cgroup is not None else None
-        if use is None:
-            return None
-        return {"used": use.current, "peak": use.peak, "limit": use.limit}
+        if use is not None and use.limit is not None:
+            return {"used": use.current, "peak": use.peak, "limit": use.limit}
+        resident = _resident(self._pid) if self._pid is not None else None
+        return {"used": resident[0], "peak": resident[1], "limit": None} if resident is not None else None
 
     def notice(self, reason: str, text: str) -> None:
         """Tell every comm: ``reason`` is ``time-limit`` (a notice of job.JobNotices), ``oom`` or ``died``."""
@@ -205,6 +213,7 @@ class JobState(LoggingConfigurable):
         """A new inner kernel serves (the first, or after a restart in place): count it, read its memory from now on."""
         self._served_kernels += 1
         self._cgroup = inner.witness.cgroup if inner.witness is not None else None
+        self._pid = inner.pid
         if self.restarts:
             self._broadcast(self.state)
 
@@ -254,6 +263,19 @@ class JobState(LoggingConfigurable):
         job = self.job
         if job is not None and job.end is not None:
             self._broadcast(self.state)
+
+
+def _resident(pid: int) -> tuple[int, int] | None:
+    """Bytes of a process's resident memory now and at most (VmRSS, VmHWM); None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    sizes = dict(line.split(":", 1) for line in status.splitlines() if line.startswith(("VmRSS:", "VmHWM:")))
+    try:
+        return tuple(int(sizes[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM"))
+    except (KeyError, ValueError):
+        return None
 
 
 def _moved(before: dict | None, now: dict | None) -> bool:
