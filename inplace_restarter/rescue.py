@@ -82,18 +82,10 @@ class Rescuer:
         """Call ``callback(reason)`` when the inner kernel dies by itself, before it is restarted."""
         self._death_callbacks.append(callback)
 
-    def tell(self, message: str) -> None:
-        """Tell the notebook: on stderr in the running cell if one runs, else at the top of the next cell."""
-        self._tell(message, self.running_cell)
-
     def take_notice(self) -> str | None:
         """What to show at the top of the next cell, once."""
         notice, self._notice = self._notice, None
         return notice
-
-    @property
-    def has_notice(self) -> bool:
-        return self._notice is not None
 
     def _watch_soon(self, inner: InnerKernel) -> None:
         asyncio.get_running_loop().create_task(self.watch(inner))
