@@ -132,6 +132,31 @@ def test_a_proxied_kernel_shows_its_host_and_restarts_in_place_from_the_palette(
     assert kernel["execution_state"] == "idle"
 
 
+def test_the_item_follows_the_current_console_shown_for_a_proxied_kernel_only(jupyter_dirs, lab, expect):
+    """A notebook on the proxied kernel, then consoles on a plain and on a proxied kernel, each current in turn."""
+    write_spec(jupyter_dirs["JUPYTER_PATH"] / "kernels", "plain", direct(display_name="Plain Python"))
+    nb = lab(["x = 1"])
+    item = nb.page.locator(f"#jp-main-statusbar {ITEM}")
+    here = re.compile(rf"^{re.escape(socket.gethostname())}\b")
+    expect(item).to_have_text(here)
+    nb.prompt(0).click()
+
+    def new_console(kernel: str) -> None:
+        nb.page.keyboard.press("Control+Shift+C")
+        nb.page.locator(".lm-CommandPalette-input").fill("New Console")
+        nb.page.locator(".lm-CommandPalette-itemLabel", has_text=re.compile(r"^New Console$")).click()
+        nb.dialogs.locator("select").select_option(label=kernel)
+        nb.dialogs.locator("button.jp-mod-accept").click()
+        expect(nb.dialogs).to_have_count(0)
+
+    new_console("Plain Python")
+    expect(nb.page.locator(".jp-CodeConsole")).to_have_count(1)
+    expect(item).to_be_hidden()
+    new_console(DISPLAY_NAME)
+    expect(nb.page.locator(".jp-CodeConsole")).to_have_count(2)
+    expect(item).to_have_text(here)
+
+
 #: the time left early in a three-minute job, never rounded up: ``3 min`` or ``2 min 41 s``
 OF_THREE_MINUTES = r"(3 min|2 min \d+ s)"
 
