@@ -301,11 +301,25 @@ class Cluster:
         """The cgroup folders Slurm's task/cgroup makes for this node (``slurm_NODE`` in each v1 controller)."""
         return set(CGROUP_V1.glob(f"*/slurm_{self.host}")) | set(CGROUP_V1.glob(f"*/slurm_{self.host}/**/"))
 
-    def _remove_cgroups(self) -> None:
-        """Remove the empty cgroup folders Slurm left (it keeps its root); one still in use stays."""
+    def _remove_cgroups(self, grace: float = 10) -> None:
+        """Remove the cgroup folders Slurm left (it keeps its root), deepest first.
+
+        The kernel refuses (EBUSY) a memory cgroup for a moment after its last
+        process exits, so each is tried again for up to ``grace`` seconds; one
+        still in use after that stays.
+        """
+        deadline = time.monotonic() + grace
         for folder in sorted(self._slurm_cgroups() - self._cgroups_before, key=lambda p: len(p.parts), reverse=True):
-            with suppress(OSError):
-                folder.rmdir()
+            while True:
+                try:
+                    folder.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(self.poll)
 
 
 def stop_processes(processes: list[subprocess.Popen], grace: float = 15) -> None:
