@@ -95,6 +95,12 @@ class JobState(LoggingConfigurable):
         msg_type = request["header"]["msg_type"]
         if msg_type not in COMM_MSG_TYPES:
             return False
+        # Widgets' comm messages take this path too: unpacked here only if the packed
+        # content names the target or one of its comms (JSON writes them as they are).
+        names = [TARGET] if msg_type == "comm_open" else list(self.comm_manager.comms)
+        packed = request["content"]
+        if isinstance(packed, bytes) and not any(name.encode() in packed for name in names):
+            return False
         try:
             content = session.unpack(request["content"])
         except Exception:
@@ -247,22 +253,29 @@ class JobState(LoggingConfigurable):
 
     def _moving(self, state: dict) -> tuple[dict | None, tuple]:
         """What of a state changes by itself: the memory, and when the job ends."""
-        job = state["job"]
-        return state["memory"], (job["end"], job["time_limit"]) if job is not None else ()
+        return state["memory"], _end_of(state["job"])
 
     def _check(self) -> None:
-        """A new state if the memory moved or the job's end changed since the last one sent to all."""
-        state = self.state()
-        memory, end = self._moving(state)
+        """A new state if the memory moved or the job's end changed since the last one sent to all.
+
+        Only the memory is read to decide; the whole state (``--info``'s text
+        reads the cgroup again) is made when one is sent.
+        """
+        memory, end = self._memory(), _end_of(self._job())
         if self._sent is not None and not (end != self._sent[1] or _moved(self._sent[0], memory)):
             return
-        self._broadcast(lambda: state)
+        self._broadcast(self.state)
 
     def _tick(self) -> None:
         """The time left, when there is a time left to tell."""
         job = self.job
         if job is not None and job.end is not None:
             self._broadcast(self.state)
+
+
+def _end_of(job: dict | None) -> tuple:
+    """When a state's job ends, and its time limit: () outside a job."""
+    return (job["end"], job["time_limit"]) if job is not None else ()
 
 
 def _resident(pid: int) -> tuple[int, int] | None:
