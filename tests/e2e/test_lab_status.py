@@ -148,6 +148,8 @@ def test_the_item_follows_the_current_console_shown_for_a_proxied_kernel_only(ju
         nb.dialogs.locator("select").select_option(label=kernel)
         nb.dialogs.locator("button.jp-mod-accept").click()
         expect(nb.dialogs).to_have_count(0)
+        # The new console takes the focus once it is ready; a palette opened before that would close on it.
+        expect(nb.page.locator(".jp-CodeConsole-input .cm-content:focus")).to_have_count(1)
 
     new_console("Plain Python")
     expect(nb.page.locator(".jp-CodeConsole")).to_have_count(1)
